@@ -1,0 +1,152 @@
+//! `pluginConfig`: parsed and validated once (at `on_configure`), then shared read-only by
+//! every connection on the VM. Unknown fields are errors, and every error names the JSON path
+//! and the reason, so `istioctl`/Envoy logs say exactly what to fix.
+
+use serde::Deserialize;
+use std::fmt;
+
+/// Kafka's `socket.request.max.bytes` default (100 MiB): the largest frame a broker accepts.
+pub const DEFAULT_MAX_FRAME_BYTES: u32 = 104_857_600;
+/// Envoy's default per-connection buffer limit is 1 MiB (`per_connection_buffer_limit_bytes`);
+/// past its high watermark Envoy stops reading. A frame the filter holds for rewriting must fit
+/// well below it or the connection stalls, hence half of it by default.
+pub const DEFAULT_MAX_BUFFERED_FRAME_BYTES: u32 = 524_288;
+pub const DEFAULT_MAX_INFLIGHT: u32 = 4096;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum MalformedAction {
+    /// Close the connection (Envoy `FlushWrite`). Safe: nothing unparsed gets past policy.
+    #[default]
+    Close,
+    /// Stop parsing this connection and relay its bytes untouched from then on.
+    Passthrough,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Config {
+    /// Largest frame accepted in either direction; larger or negative sizes are malformed.
+    pub max_frame_bytes: u32,
+    /// Largest frame the filter will hold whole in Envoy's buffer to rewrite it
+    /// (ApiVersions today). A larger one is relayed unmodified and counted.
+    pub max_buffered_frame_bytes: u32,
+    /// Requests awaiting a response per connection.
+    pub max_inflight_requests: u32,
+    /// What to do with a malformed frame, a correlation mismatch or in-flight overflow.
+    pub on_malformed: MalformedAction,
+    /// Rewrite ApiVersions responses so clients never send versions the filter can't parse.
+    pub clamp_api_versions: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            max_buffered_frame_bytes: DEFAULT_MAX_BUFFERED_FRAME_BYTES,
+            max_inflight_requests: DEFAULT_MAX_INFLIGHT,
+            on_malformed: MalformedAction::Close,
+            clamp_api_versions: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// JSON path of the offending value, e.g. `.maxFrameBytes` (`.` for the document).
+    pub path: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid pluginConfig at {}: {}", self.path, self.reason)
+    }
+}
+
+fn err(path: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        path: path.to_string(),
+        reason: reason.into(),
+    }
+}
+
+impl Config {
+    /// Parse and validate. Empty input (no `pluginConfig`) means all defaults.
+    pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Config::default());
+        }
+        // serde would accept a JSON array as a struct's fields in order; a config is an object.
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(err(".", "pluginConfig must be a JSON object"));
+        }
+        let de = &mut serde_json::Deserializer::from_slice(bytes);
+        let cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let path = if path == "." || path.is_empty() {
+                ".".to_string()
+            } else {
+                format!(".{path}")
+            };
+            err(&path, e.into_inner().to_string())
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(1024..=i32::MAX as u32).contains(&self.max_frame_bytes) {
+            return Err(err(".maxFrameBytes", "must be between 1024 and 2147483647"));
+        }
+        if self.max_buffered_frame_bytes < 1024
+            || self.max_buffered_frame_bytes > self.max_frame_bytes
+        {
+            return Err(err(
+                ".maxBufferedFrameBytes",
+                "must be at least 1024 and at most maxFrameBytes",
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.max_inflight_requests) {
+            return Err(err(".maxInflightRequests", "must be between 1 and 1000000"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_empty() {
+        assert_eq!(Config::from_json(b"").unwrap(), Config::default());
+        assert_eq!(Config::from_json(b"{}").unwrap(), Config::default());
+        let c = Config::from_json(
+            br#"{"maxFrameBytes": 2048, "maxBufferedFrameBytes": 2048, "onMalformed": "passthrough"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.max_frame_bytes, 2048);
+        assert_eq!(c.max_buffered_frame_bytes, 2048);
+        assert!(Config::from_json(br#"{"maxFrameBytes": 2048}"#).is_err());
+        assert_eq!(c.on_malformed, MalformedAction::Passthrough);
+    }
+
+    #[test]
+    fn errors_name_the_path() {
+        let e = Config::from_json(br#"{"maxFrameBytez": 1}"#).unwrap_err();
+        assert!(e.reason.contains("unknown field `maxFrameBytez`"), "{e}");
+        let e = Config::from_json(br#"{"maxFrameBytes": "big"}"#).unwrap_err();
+        assert_eq!(e.path, ".maxFrameBytes", "{e}");
+        let e = Config::from_json(br#"{"onMalformed": "explode"}"#).unwrap_err();
+        assert_eq!(e.path, ".onMalformed", "{e}");
+        let e = Config::from_json(br#"{"maxFrameBytes": 10}"#).unwrap_err();
+        assert_eq!(e.path, ".maxFrameBytes");
+        let e = Config::from_json(br#"{"maxInflightRequests": 0}"#).unwrap_err();
+        assert_eq!(e.path, ".maxInflightRequests");
+        let e = Config::from_json(b"[1]").unwrap_err();
+        assert_eq!(e.path, ".");
+        assert!(Config::from_json(b"{").is_err());
+    }
+}

@@ -1,0 +1,616 @@
+//! The per-connection state machine, both directions.
+//!
+//! The session never owns the connection's bytes: they stay in the host's buffer (Envoy's
+//! connection buffer) and the session reads only the ranges it needs through [`HostBuffer`].
+//! Its whole job on each data callback is to walk frame boundaries from where it stopped last
+//! time (`scan`), look at each frame's head, and decide:
+//!
+//! - **pass**: the rest of the frame streams through uncopied ([`Phase::Skip`]);
+//! - **hold**: the frame must be rewritten (ApiVersions today), so the callback pauses until
+//!   the whole frame is in the host buffer, then the frame is replaced in place;
+//! - **malformed**: count, log, then close or pass everything through (config).
+//!
+//! Envoy semantics it relies on (envoyproxy/envoy `source/extensions/common/wasm/context.cc`,
+//! `Context::onData`/`onWrite` and `Buffer::copyFrom`): returning `Continue` hands the whole
+//! buffer on and it is drained; returning `Pause` (StopIteration) leaves it in place and the
+//! next callback sees it again with the new bytes appended; `set_buffer_bytes(0, n, data)`
+//! drains `n` bytes from the front and prepends `data`; nothing can be spliced mid-buffer.
+//! So the session only pauses while a frame head is incomplete or a held frame is incomplete;
+//! between frames and inside pass-through frames it always continues. A paused buffer is never
+//! rescanned: `scan` and the collected head survive the pause.
+//!
+//! Requests and responses are matched by an in-order queue (responses carry no API key; Kafka
+//! answers requests on a connection in order). Produce with `acks=0` gets no response and is
+//! not queued (Kroxylicious #1436 and grepplabs/kafka-proxy had that leak).
+
+use std::collections::VecDeque;
+use std::rc::Rc;
+
+use crate::api::{self, API_VERSIONS, PRODUCE};
+use crate::apiversions::{self, Clamp};
+use crate::config::{Config, MalformedAction};
+use crate::header::{self, RequestHeader};
+use crate::reader::DecodeError;
+
+/// The host's view of one direction's connection buffer. In the filter this is
+/// `proxy_get_buffer_bytes` / `proxy_set_buffer_bytes`; in native tests an Envoy-faithful Vec.
+pub trait HostBuffer {
+    /// Bytes in the buffer now (everything accumulated while paused).
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Copy `[start, start + len)` out of the host. `None` is a host error.
+    fn read(&mut self, start: usize, len: usize) -> Option<Vec<u8>>;
+    /// Envoy's `set_buffer_bytes(start = 0, size = drain, data)`: drain `drain` bytes from the
+    /// front, then prepend `data`. `false` is a host error.
+    fn replace_front(&mut self, drain: usize, data: &[u8]) -> bool;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// Client to broker (Envoy downstream data).
+    Request,
+    /// Broker to client (Envoy upstream data, the write path of the downstream connection).
+    Response,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Request => "request",
+            Direction::Response => "response",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Hand the whole buffer on.
+    Continue,
+    /// Keep the buffer; call again when more bytes arrive.
+    Pause,
+    /// Close the connection; nothing more is handed on.
+    Close,
+}
+
+/// Why a connection was given up on. All of these are counted and logged by the observer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Malformed {
+    FrameSize {
+        size: i32,
+    },
+    Decode {
+        api_key: Option<i16>,
+        error: DecodeError,
+    },
+    UnexpectedResponse {
+        correlation_id: i32,
+    },
+    CorrelationMismatch {
+        expected: i32,
+        got: i32,
+    },
+    InflightOverflow {
+        limit: u32,
+    },
+    HostError {
+        what: &'static str,
+    },
+}
+
+impl std::fmt::Display for Malformed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Malformed::FrameSize { size } => {
+                write!(f, "frame size {size} is negative or over maxFrameBytes")
+            }
+            Malformed::Decode {
+                api_key: Some(k),
+                error,
+            } => {
+                write!(f, "{} ({k}): {error}", api::api_name(*k))
+            }
+            Malformed::Decode {
+                api_key: None,
+                error,
+            } => write!(f, "{error}"),
+            Malformed::UnexpectedResponse { correlation_id } => {
+                write!(f, "response {correlation_id} with no request in flight")
+            }
+            Malformed::CorrelationMismatch { expected, got } => {
+                write!(f, "response correlation id {got}, expected {expected}")
+            }
+            Malformed::InflightOverflow { limit } => {
+                write!(
+                    f,
+                    "more than maxInflightRequests={limit} requests in flight"
+                )
+            }
+            Malformed::HostError { what } => write!(f, "host error in {what}"),
+        }
+    }
+}
+
+impl Malformed {
+    /// Short fixed label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Malformed::FrameSize { .. } => "frame_size",
+            Malformed::Decode { .. } => "decode",
+            Malformed::UnexpectedResponse { .. } => "unexpected_response",
+            Malformed::CorrelationMismatch { .. } => "correlation_mismatch",
+            Malformed::InflightOverflow { .. } => "inflight_overflow",
+            Malformed::HostError { .. } => "host_error",
+        }
+    }
+}
+
+/// What the session saw. The glue turns these into metrics and log lines.
+pub trait Observer {
+    fn request(&mut self, _header: &RequestHeader<'_>, _frame_bytes: u64) {}
+    fn response(&mut self, _api_key: i16, _api_version: i16, _frame_bytes: u64, _latency_ns: u64) {}
+    fn unknown_api(&mut self, _api_key: i16, _api_version: i16) {}
+    fn produce_acks0(&mut self) {}
+    fn api_versions_clamped(&mut self, _clamps: &[Clamp]) {}
+    fn rewrite_skipped(&mut self, _api_key: i16, _frame_bytes: u64) {}
+    fn malformed(&mut self, _dir: Direction, _what: &Malformed, _action: MalformedAction) {}
+}
+
+/// An observer that ignores everything (tests, benchmarks).
+pub struct NoopObserver;
+impl Observer for NoopObserver {}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct InFlight {
+    correlation_id: i32,
+    api_key: i16,
+    api_version: i16,
+    sent_ns: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HoldAction {
+    ClampApiVersions { version: i16 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Between frames (head empty) or collecting the head of the frame that starts at
+    /// buffer offset `start`.
+    Head { start: usize },
+    /// Streaming past the rest of a frame that needs nothing more.
+    Skip { remaining: u64 },
+    /// Waiting for the whole frame at `start` (total bytes incl. size prefix) to rewrite it.
+    Hold {
+        start: usize,
+        total: usize,
+        action: HoldAction,
+    },
+    /// Given up on parsing: relay untouched.
+    Bypass,
+}
+
+/// Head bytes asked for first; grows ×4 up to [`HEAD_MAX`] when a header is longer (a long
+/// client_id or transactional_id).
+const HEAD_INITIAL: usize = 128;
+/// The most of a frame's head ever collected: a 32 KiB client_id plus a 32 KiB
+/// transactional_id fit. Anything longer is malformed.
+pub const HEAD_MAX: usize = 4 + 8 + 2 + 32_767 + 6 + 32_767 + 2 + 64;
+const RESPONSE_HEAD: usize = 8;
+
+#[derive(Debug)]
+struct DirState {
+    phase: Phase,
+    /// Offset in the host buffer up to which bytes have been walked.
+    scan: usize,
+    /// The head of the current frame (size prefix included), reused between frames.
+    head: Vec<u8>,
+    window: usize,
+}
+
+impl DirState {
+    fn new(dir: Direction) -> Self {
+        let mut st = DirState {
+            phase: Phase::Head { start: 0 },
+            scan: 0,
+            head: Vec::new(),
+            window: 0,
+        };
+        st.window = st.initial_window(dir);
+        st
+    }
+
+    /// Requests need api key, version, correlation id, client id and (Produce) acks; responses
+    /// need only the correlation id, so only 8 bytes of a response are ever read up front.
+    fn initial_window(&self, dir: Direction) -> usize {
+        match dir {
+            Direction::Request => HEAD_INITIAL,
+            Direction::Response => RESPONSE_HEAD,
+        }
+    }
+
+    fn next_frame(&mut self, dir: Direction, at: usize) {
+        self.phase = Phase::Head { start: at };
+        self.head.clear();
+        self.window = self.initial_window(dir);
+    }
+}
+
+enum HeadOutcome {
+    NeedMore,
+    Pass,
+    Hold(HoldAction),
+    Malformed(Malformed),
+}
+
+pub struct Session {
+    cfg: Rc<Config>,
+    req: DirState,
+    resp: DirState,
+    inflight: VecDeque<InFlight>,
+    closed: bool,
+}
+
+impl Session {
+    pub fn new(cfg: Rc<Config>) -> Self {
+        Session {
+            cfg,
+            req: DirState::new(Direction::Request),
+            resp: DirState::new(Direction::Response),
+            inflight: VecDeque::new(),
+            closed: false,
+        }
+    }
+
+    /// Requests awaiting their response.
+    pub fn inflight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Whether the session stopped parsing (malformed input with `passthrough`).
+    pub fn bypassed(&self) -> bool {
+        self.req.phase == Phase::Bypass
+    }
+
+    /// One data callback for `dir`: `buf` holds everything the host has buffered.
+    pub fn on_data(
+        &mut self,
+        dir: Direction,
+        buf: &mut dyn HostBuffer,
+        end_of_stream: bool,
+        now_ns: u64,
+        obs: &mut dyn Observer,
+    ) -> Verdict {
+        if self.closed {
+            return Verdict::Close;
+        }
+        let mut len = buf.len();
+        let outcome = self.walk(dir, buf, &mut len, now_ns, obs);
+        if let Err(m) = outcome {
+            return self.give_up(dir, &m, obs);
+        }
+        let st = self.dir_mut(dir);
+        let pending = match st.phase {
+            Phase::Head { .. } => !st.head.is_empty(),
+            Phase::Hold { .. } => true,
+            Phase::Skip { .. } | Phase::Bypass => false,
+        };
+        if pending && !end_of_stream {
+            return Verdict::Pause;
+        }
+        // Continue: the host drains the buffer, so the next callback starts at offset 0.
+        st.scan = 0;
+        match st.phase {
+            Phase::Head { .. } | Phase::Hold { .. } => st.next_frame(dir, 0),
+            Phase::Skip { .. } | Phase::Bypass => {}
+        }
+        Verdict::Continue
+    }
+
+    fn dir_mut(&mut self, dir: Direction) -> &mut DirState {
+        match dir {
+            Direction::Request => &mut self.req,
+            Direction::Response => &mut self.resp,
+        }
+    }
+
+    fn give_up(&mut self, dir: Direction, m: &Malformed, obs: &mut dyn Observer) -> Verdict {
+        let action = self.cfg.on_malformed;
+        obs.malformed(dir, m, action);
+        self.inflight.clear();
+        self.req.phase = Phase::Bypass;
+        self.resp.phase = Phase::Bypass;
+        match action {
+            MalformedAction::Close => {
+                self.closed = true;
+                Verdict::Close
+            }
+            MalformedAction::Passthrough => Verdict::Continue,
+        }
+    }
+
+    /// Walk frames from the saved scan offset to the end of the buffer.
+    fn walk(
+        &mut self,
+        dir: Direction,
+        buf: &mut dyn HostBuffer,
+        len: &mut usize,
+        now_ns: u64,
+        obs: &mut dyn Observer,
+    ) -> Result<(), Malformed> {
+        let max_frame = self.cfg.max_frame_bytes as usize;
+        loop {
+            let phase = self.dir_mut(dir).phase;
+            match phase {
+                Phase::Bypass => return Ok(()),
+                Phase::Skip { remaining } => {
+                    let st = self.dir_mut(dir);
+                    let avail = len.saturating_sub(st.scan) as u64;
+                    if remaining <= avail {
+                        st.scan += remaining as usize;
+                        let at = st.scan;
+                        st.next_frame(dir, at);
+                    } else {
+                        st.phase = Phase::Skip {
+                            remaining: remaining - avail,
+                        };
+                        st.scan = *len;
+                        return Ok(());
+                    }
+                }
+                Phase::Head { start } => {
+                    // Collect up to `want` head bytes, reading only what is new.
+                    let want = {
+                        let st = self.dir_mut(dir);
+                        if st.head.len() < 4 {
+                            4
+                        } else {
+                            frame_total(&st.head).min(st.window)
+                        }
+                    };
+                    let st = self.dir_mut(dir);
+                    let have_end = start + st.head.len();
+                    let avail_end = (*len).min(start + want);
+                    if avail_end > have_end {
+                        let bytes = buf
+                            .read(have_end, avail_end - have_end)
+                            .filter(|b| b.len() == avail_end - have_end)
+                            .ok_or(Malformed::HostError {
+                                what: "get_buffer_bytes",
+                            })?;
+                        st.head.extend_from_slice(&bytes);
+                        st.scan = avail_end;
+                    }
+                    if st.head.len() < want {
+                        return Ok(()); // wait for more bytes (or at a clean boundary)
+                    }
+                    if want == 4 {
+                        let size = i32::from_be_bytes(size_bytes(&st.head));
+                        if size < 0 || size as usize > max_frame {
+                            return Err(Malformed::FrameSize { size });
+                        }
+                        continue; // now ask for the head proper
+                    }
+                    let total = frame_total(&st.head);
+                    let head = std::mem::take(&mut st.head);
+                    let outcome = match dir {
+                        Direction::Request => self.on_request_head(&head, total, now_ns, obs),
+                        Direction::Response => self.on_response_head(&head, total, now_ns, obs),
+                    };
+                    let st = self.dir_mut(dir);
+                    st.head = head;
+                    match outcome {
+                        HeadOutcome::NeedMore => {
+                            if want < total && st.window < HEAD_MAX {
+                                st.window = st.window.saturating_mul(4).min(HEAD_MAX);
+                                continue;
+                            }
+                            // The whole frame (or HEAD_MAX) is here and still too short.
+                            return Err(Malformed::Decode {
+                                api_key: None,
+                                error: DecodeError::Invalid {
+                                    field: "frame",
+                                    reason: "header longer than the frame or than the head limit",
+                                },
+                            });
+                        }
+                        HeadOutcome::Pass => {
+                            st.phase = Phase::Skip {
+                                remaining: (total - st.head.len()) as u64,
+                            };
+                            st.head.clear();
+                            st.window = st.initial_window(dir);
+                        }
+                        HeadOutcome::Hold(action) => {
+                            st.phase = Phase::Hold {
+                                start,
+                                total,
+                                action,
+                            };
+                        }
+                        HeadOutcome::Malformed(m) => return Err(m),
+                    }
+                }
+                Phase::Hold {
+                    start,
+                    total,
+                    action,
+                } => {
+                    if *len < start + total {
+                        return Ok(());
+                    }
+                    let new_len = self.rewrite(dir, buf, start, total, action, obs)?;
+                    *len = *len - total + new_len;
+                    let st = self.dir_mut(dir);
+                    st.scan = start + new_len;
+                    st.next_frame(dir, start + new_len);
+                }
+            }
+        }
+    }
+
+    fn on_request_head(
+        &mut self,
+        head: &[u8],
+        total: usize,
+        now_ns: u64,
+        obs: &mut dyn Observer,
+    ) -> HeadOutcome {
+        let body = head.get(4..).unwrap_or(&[]);
+        let complete = head.len() == total;
+        let decode_err = |api_key, error: DecodeError| {
+            if error.is_truncated() && !complete {
+                HeadOutcome::NeedMore
+            } else {
+                HeadOutcome::Malformed(Malformed::Decode { api_key, error })
+            }
+        };
+        let (hdr, rest) = match header::parse_request_header(body) {
+            Ok(x) => x,
+            Err(e) => return decode_err(None, e),
+        };
+        let mut expects_response = true;
+        if hdr.api_key == PRODUCE && hdr.version_known {
+            match header::produce_acks(&hdr, rest) {
+                Ok(0) => expects_response = false,
+                Ok(_) => {}
+                Err(e) => return decode_err(Some(hdr.api_key), e),
+            }
+        }
+        if !hdr.version_known {
+            obs.unknown_api(hdr.api_key, hdr.api_version);
+        }
+        obs.request(&hdr, total as u64);
+        if !expects_response {
+            obs.produce_acks0();
+            return HeadOutcome::Pass;
+        }
+        if self.inflight.len() >= self.cfg.max_inflight_requests as usize {
+            return HeadOutcome::Malformed(Malformed::InflightOverflow {
+                limit: self.cfg.max_inflight_requests,
+            });
+        }
+        self.inflight.push_back(InFlight {
+            correlation_id: hdr.correlation_id,
+            api_key: hdr.api_key,
+            api_version: hdr.api_version,
+            sent_ns: now_ns,
+        });
+        HeadOutcome::Pass
+    }
+
+    fn on_response_head(
+        &mut self,
+        head: &[u8],
+        total: usize,
+        now_ns: u64,
+        obs: &mut dyn Observer,
+    ) -> HeadOutcome {
+        if head.len() < RESPONSE_HEAD.min(total) {
+            return HeadOutcome::NeedMore;
+        }
+        let correlation_id = match header::response_correlation_id(head.get(4..).unwrap_or(&[])) {
+            Ok(c) => c,
+            Err(error) => {
+                return HeadOutcome::Malformed(Malformed::Decode {
+                    api_key: None,
+                    error,
+                })
+            }
+        };
+        let Some(req) = self.inflight.pop_front() else {
+            return HeadOutcome::Malformed(Malformed::UnexpectedResponse { correlation_id });
+        };
+        if req.correlation_id != correlation_id {
+            return HeadOutcome::Malformed(Malformed::CorrelationMismatch {
+                expected: req.correlation_id,
+                got: correlation_id,
+            });
+        }
+        obs.response(
+            req.api_key,
+            req.api_version,
+            total as u64,
+            now_ns.saturating_sub(req.sent_ns),
+        );
+        if req.api_key == API_VERSIONS && self.cfg.clamp_api_versions {
+            if total > self.cfg.max_buffered_frame_bytes as usize {
+                obs.rewrite_skipped(req.api_key, total as u64);
+                return HeadOutcome::Pass;
+            }
+            return HeadOutcome::Hold(HoldAction::ClampApiVersions {
+                version: req.api_version,
+            });
+        }
+        HeadOutcome::Pass
+    }
+
+    /// Replace the complete frame at `[start, start + total)`; returns its new length.
+    fn rewrite(
+        &mut self,
+        dir: Direction,
+        buf: &mut dyn HostBuffer,
+        start: usize,
+        total: usize,
+        action: HoldAction,
+        obs: &mut dyn Observer,
+    ) -> Result<usize, Malformed> {
+        let st = self.dir_mut(dir);
+        let have = st.head.len();
+        let mut frame = std::mem::take(&mut st.head);
+        let rest = buf
+            .read(start + have, total - have)
+            .filter(|b| b.len() == total - have)
+            .ok_or(Malformed::HostError {
+                what: "get_buffer_bytes",
+            })?;
+        frame.extend_from_slice(&rest);
+        let HoldAction::ClampApiVersions { version } = action;
+        // ApiVersions responses always use response header v0: the body starts after the
+        // size and the correlation id.
+        let body = frame.get_mut(8..).unwrap_or(&mut []);
+        let clamps =
+            apiversions::plan_clamps(version, body).map_err(|error| Malformed::Decode {
+                api_key: Some(API_VERSIONS),
+                error,
+            })?;
+        if clamps.is_empty() {
+            return Ok(total); // nothing to change: leave the host buffer untouched
+        }
+        apiversions::apply_clamps(body, &clamps);
+        obs.api_versions_clamped(&clamps);
+        // Envoy can only drain-and-prepend at the front, so whatever precedes the frame in
+        // this buffer (at most what arrived with it) is copied and written back with it.
+        let mut out = if start > 0 {
+            buf.read(0, start)
+                .filter(|b| b.len() == start)
+                .ok_or(Malformed::HostError {
+                    what: "get_buffer_bytes",
+                })?
+        } else {
+            Vec::new()
+        };
+        out.extend_from_slice(&frame);
+        if !buf.replace_front(start + total, &out) {
+            return Err(Malformed::HostError {
+                what: "set_buffer_bytes",
+            });
+        }
+        Ok(frame.len())
+    }
+}
+
+fn size_bytes(head: &[u8]) -> [u8; 4] {
+    let mut s = [0u8; 4];
+    if let Some(b) = head.get(..4) {
+        s.copy_from_slice(b);
+    }
+    s
+}
+
+/// Total frame length (size prefix included) from a head of at least 4 bytes whose size was
+/// already validated as non-negative.
+fn frame_total(head: &[u8]) -> usize {
+    (i32::from_be_bytes(size_bytes(head)).max(0) as usize).saturating_add(4)
+}

@@ -1,0 +1,121 @@
+//! Test helpers: real Kafka encodings from kafka-protocol, and an Envoy-faithful buffer.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use crate::session::{Direction, HostBuffer, Observer, Session, Verdict};
+use bytes::BytesMut;
+use kafka_protocol::messages::{RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{Encodable, HeaderVersion};
+
+/// A framed request (size prefix included), header version chosen by kafka-protocol.
+pub fn encode_request<B: Encodable + HeaderVersion>(
+    h: &RequestHeader,
+    body: &B,
+    v: i16,
+) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    h.encode(&mut buf, B::header_version(v)).unwrap();
+    body.encode(&mut buf, v).unwrap();
+    let mut out = (buf.len() as i32).to_be_bytes().to_vec();
+    out.extend_from_slice(&buf);
+    out
+}
+
+pub fn encode_response<B: Encodable + HeaderVersion>(corr: i32, body: &B, v: i16) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    ResponseHeader::default()
+        .with_correlation_id(corr)
+        .encode(&mut buf, B::header_version(v))
+        .unwrap();
+    body.encode(&mut buf, v).unwrap();
+    let mut out = (buf.len() as i32).to_be_bytes().to_vec();
+    out.extend_from_slice(&buf);
+    out
+}
+
+/// Envoy's connection buffer as the filter sees it (`Buffer::copyFrom` / `copyTo` in
+/// envoyproxy/envoy `source/extensions/common/wasm/context.cc`). Counts bytes copied out.
+#[derive(Default)]
+pub struct EnvoyBuf {
+    pub data: Vec<u8>,
+    pub copied: usize,
+}
+
+impl HostBuffer for EnvoyBuf {
+    fn len(&self) -> usize {
+        self.data.len()
+    }
+    fn read(&mut self, start: usize, len: usize) -> Option<Vec<u8>> {
+        let start = start.min(self.data.len());
+        let end = start.saturating_add(len).min(self.data.len());
+        self.copied += end - start;
+        Some(self.data[start..end].to_vec())
+    }
+    fn replace_front(&mut self, drain: usize, data: &[u8]) -> bool {
+        let drain = drain.min(self.data.len());
+        self.data.drain(..drain);
+        self.data.splice(0..0, data.iter().copied());
+        true
+    }
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Pumped {
+    pub out: Vec<u8>,
+    pub closed: bool,
+    pub pauses: usize,
+    pub copied: usize,
+}
+
+/// Feed `chunks` into one direction as Envoy would: append, call, forward on Continue,
+/// keep on Pause; finally an end-of-stream call with no new bytes if `eos`.
+pub fn pump<'a>(
+    s: &mut Session,
+    dir: Direction,
+    chunks: impl IntoIterator<Item = &'a [u8]>,
+    eos: bool,
+    obs: &mut dyn Observer,
+) -> Pumped {
+    let mut buf = EnvoyBuf::default();
+    let mut p = Pumped::default();
+    let mut t = 0u64;
+    for c in chunks {
+        buf.data.extend_from_slice(c);
+        t += 1000;
+        match s.on_data(dir, &mut buf, false, t, obs) {
+            Verdict::Continue => p.out.append(&mut buf.data),
+            Verdict::Pause => p.pauses += 1,
+            Verdict::Close => {
+                p.closed = true;
+                p.copied = buf.copied;
+                return p;
+            }
+        }
+    }
+    if eos {
+        match s.on_data(dir, &mut buf, true, t + 1, obs) {
+            Verdict::Continue => p.out.append(&mut buf.data),
+            Verdict::Pause => p.pauses += 1,
+            Verdict::Close => p.closed = true,
+        }
+    }
+    p.copied = buf.copied;
+    p
+}
+
+/// Every way of cutting `bytes`: whole, byte by byte, fixed sizes, and each single split.
+pub fn chunkings(bytes: &[u8]) -> Vec<Vec<&[u8]>> {
+    let mut all: Vec<Vec<&[u8]>> = vec![
+        vec![bytes],
+        bytes.chunks(1).collect(),
+        bytes.chunks(7).collect(),
+    ];
+    for at in 1..bytes.len() {
+        all.push(vec![&bytes[..at], &bytes[at..]]);
+    }
+    all
+}
