@@ -1,0 +1,247 @@
+//! The built kafka_mesh_filter.wasm driven through the Envoy-faithful host: the same frames
+//! as the native session tests, now across the ABI, plus host behaviours (pause accumulation,
+//! fail-open/closed on a trap, missing imports, per-worker VMs sharing stats).
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use kafka_mesh_testhost::host::{Dir, PluginSpec, Process, Vm};
+use kafka_protocol::messages::api_versions_response::{ApiVersion, ApiVersionsResponse};
+use kafka_protocol::messages::{
+    ApiVersionsRequest, MetadataRequest, MetadataResponse, ProduceRequest, RequestHeader, ResponseHeader,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+use wasmtime::{Engine, Module};
+
+fn wasm_path() -> PathBuf {
+    std::env::var_os("KMF_WASM").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip1/release/kafka_mesh_filter.wasm")
+    })
+}
+
+fn filter() -> (Engine, Module) {
+    let engine = Engine::default();
+    let bytes = std::fs::read(wasm_path())
+        .unwrap_or_else(|e| panic!("{}: {e}; run `make build` first", wasm_path().display()));
+    let module = Module::new(&engine, bytes).unwrap();
+    (engine, module)
+}
+
+fn vm_with(config: &str, process: &Arc<Process>) -> Vm {
+    let (engine, module) = filter();
+    let spec = PluginSpec { plugin_config: config.as_bytes().to_vec(), ..PluginSpec::default() };
+    Vm::start(&engine, &module, process.clone(), spec).unwrap()
+}
+
+fn req<B: Encodable + HeaderVersion>(key: i16, v: i16, corr: i32, body: &B) -> Vec<u8> {
+    let h = RequestHeader::default()
+        .with_request_api_key(key)
+        .with_request_api_version(v)
+        .with_correlation_id(corr)
+        .with_client_id(Some(StrBytes::from_static_str("it")));
+    let mut buf = BytesMut::new();
+    h.encode(&mut buf, B::header_version(v)).unwrap();
+    body.encode(&mut buf, v).unwrap();
+    let mut out = (buf.len() as i32).to_be_bytes().to_vec();
+    out.extend_from_slice(&buf);
+    out
+}
+
+fn resp<B: Encodable + HeaderVersion>(corr: i32, v: i16, body: &B) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    ResponseHeader::default().with_correlation_id(corr).encode(&mut buf, B::header_version(v)).unwrap();
+    body.encode(&mut buf, v).unwrap();
+    let mut out = (buf.len() as i32).to_be_bytes().to_vec();
+    out.extend_from_slice(&buf);
+    out
+}
+
+/// Feed `bytes` in `chunk`-sized callbacks; collect what the host forwarded.
+fn feed(vm: &mut Vm, id: u32, dir: Dir, bytes: &[u8], chunk: usize) -> (Vec<u8>, usize, bool) {
+    let mut out = Vec::new();
+    let mut pauses = 0;
+    for c in bytes.chunks(chunk.max(1)) {
+        let r = vm.data(id, dir, c, false);
+        out.extend(r.forwarded);
+        pauses += usize::from(r.paused);
+        if r.close {
+            return (out, pauses, true);
+        }
+    }
+    (out, pauses, false)
+}
+
+fn stream() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let mut reqs = req(18, 3, 1, &ApiVersionsRequest::default());
+    reqs.extend(req(3, 12, 2, &MetadataRequest::default()));
+    reqs.extend(req(0, 9, 3, &ProduceRequest::default().with_acks(0)));
+    let av = ApiVersionsResponse::default().with_api_keys(vec![
+        ApiVersion::default().with_api_key(0).with_max_version(99),
+        ApiVersion::default().with_api_key(3).with_max_version(12),
+    ]);
+    let mut resps = resp(1, 3, &av);
+    resps.extend(resp(2, 12, &MetadataResponse::default()));
+    let mut expected = resp(1, 3, &av.clone().with_api_keys(vec![
+        ApiVersion::default().with_api_key(0).with_max_version(13),
+        ApiVersion::default().with_api_key(3).with_max_version(12),
+    ]));
+    expected.extend(resp(2, 12, &MetadataResponse::default()));
+    (reqs, resps, expected)
+}
+
+#[test]
+fn frames_cross_the_abi_unchanged_and_apiversions_is_clamped_at_any_chunking() {
+    for chunk in [usize::MAX, 1, 7] {
+        let process = Process::new();
+        let mut vm = vm_with("{}", &process);
+        let id = vm.new_connection(HashMap::new()).unwrap();
+        let (reqs, resps, expected) = stream();
+        let (out, _, closed) = feed(&mut vm, id, Dir::Downstream, &reqs, chunk);
+        assert!(!closed);
+        assert_eq!(out, reqs, "chunk {chunk}");
+        let (out, pauses, closed) = feed(&mut vm, id, Dir::Upstream, &resps, chunk);
+        assert!(!closed);
+        assert_eq!(out, expected, "chunk {chunk}");
+        let mut b = bytes::Bytes::copy_from_slice(&out[8..]);
+        let decoded = ApiVersionsResponse::decode(&mut b, 3).unwrap();
+        assert_eq!(decoded.api_keys[0].max_version, 13);
+        if chunk == 1 {
+            // the ApiVersions response is held (Pause) until complete: Envoy keeps the bytes
+            assert!(pauses > 10, "pauses {pauses}");
+        }
+        vm.close(id, false);
+        let st = process.stats.lock().unwrap();
+        assert_eq!(st.counter("kafka_mesh_requests_total"), 3);
+        assert_eq!(st.counter("kafka_mesh_responses_total"), 2);
+        assert_eq!(st.counter("kafka_mesh_produce_acks0_total"), 1);
+        assert_eq!(st.counter("kafka_mesh_api_versions_clamped_total"), 1);
+        assert_eq!(st.counter("kafka_mesh_request_bytes_total"), reqs.len() as u64);
+        assert_eq!(st.counter("kafka_mesh_connections_total"), 1);
+        assert_eq!(st.gauge("kafka_mesh_connections_active"), 0);
+        assert_eq!(st.histogram_count("kafka_mesh_request_latency_ms"), 2);
+    }
+}
+
+#[test]
+fn paused_bytes_accumulate_in_the_host_buffer() {
+    let process = Process::new();
+    let mut vm = vm_with("{}", &process);
+    let id = vm.new_connection(HashMap::new()).unwrap();
+    let frame = req(3, 12, 9, &MetadataRequest::default());
+    // 3 bytes of the size prefix: the filter pauses and the host keeps them
+    let r = vm.data(id, Dir::Downstream, &frame[..3], false);
+    assert!(r.paused && r.forwarded.is_empty());
+    assert_eq!(vm.buffered(id, Dir::Downstream), 3);
+    let r = vm.data(id, Dir::Downstream, &frame[3..], false);
+    assert_eq!(r.forwarded, frame);
+    assert_eq!(vm.buffered(id, Dir::Downstream), 0);
+}
+
+#[test]
+fn malformed_frames_close_or_pass_through_per_config() {
+    let process = Process::new();
+    let mut vm = vm_with("{}", &process);
+    let id = vm.new_connection(HashMap::new()).unwrap();
+    let r = vm.data(id, Dir::Downstream, &[0xff, 0xff, 0xff, 0xf0, 1, 2, 3], false);
+    assert!(r.close && r.forwarded.is_empty());
+    assert_eq!(process.stats.lock().unwrap().counter("kafka_mesh_malformed_total"), 1);
+    assert!(!process.logs_containing("frame size -16").is_empty());
+
+    let process = Process::new();
+    let mut vm = vm_with(r#"{"onMalformed":"passthrough"}"#, &process);
+    let id = vm.new_connection(HashMap::new()).unwrap();
+    let garbage = [0xff, 0xff, 0xff, 0xf0, 1, 2, 3];
+    let r = vm.data(id, Dir::Downstream, &garbage, false);
+    assert!(!r.close);
+    assert_eq!(r.forwarded, garbage);
+    let frame = req(3, 12, 9, &MetadataRequest::default());
+    assert_eq!(vm.data(id, Dir::Downstream, &frame, false).forwarded, frame);
+}
+
+#[test]
+fn bad_plugin_config_is_rejected_with_its_json_path() {
+    let (engine, module) = filter();
+    for (cfg, needle) in [
+        (r#"{"maxFrameBytes": "x"}"#, "at .maxFrameBytes"),
+        (r#"{"bogus": 1}"#, "unknown field `bogus`"),
+        (r#"{"onMalformed": "explode"}"#, "at .onMalformed"),
+        ("[]", "must be a JSON object"),
+    ] {
+        let process = Process::new();
+        let spec = PluginSpec { plugin_config: cfg.as_bytes().to_vec(), ..PluginSpec::default() };
+        let err = Vm::start(&engine, &module, process.clone(), spec).err().expect("config must be rejected");
+        assert!(err.to_string().contains("proxy_on_configure returned false"), "{err}");
+        assert!(!process.logs_containing(needle).is_empty(), "no log with {needle:?}: {:?}", process.logs.lock().unwrap());
+    }
+}
+
+#[test]
+fn worker_vms_share_stats_like_envoy() {
+    let process = Process::new();
+    let mut a = vm_with("{}", &process);
+    let mut b = vm_with("{}", &process);
+    for vm in [&mut a, &mut b] {
+        let id = vm.new_connection(HashMap::new()).unwrap();
+        vm.data(id, Dir::Downstream, &req(3, 12, 1, &MetadataRequest::default()), false);
+    }
+    assert_eq!(process.stats.lock().unwrap().counter("kafka_mesh_requests_total"), 2);
+    assert_eq!(process.stats.lock().unwrap().gauge("kafka_mesh_connections_active"), 2);
+    let prom = process.stats.lock().unwrap().render_prometheus();
+    assert!(prom.contains("# TYPE kafka_mesh_requests_total counter\nkafka_mesh_requests_total{} 2"), "{prom}");
+}
+
+/// A minimal proxy-wasm module whose downstream callback traps.
+const TRAPPING: &str = r#"(module
+  (memory (export "memory") 1)
+  (global $heap (mut i32) (i32.const 1024))
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param i32) (result i32)
+    (local $p i32) (local.set $p (global.get $heap))
+    (global.set $heap (i32.add (global.get $heap) (local.get 0))) (local.get $p))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_new_connection") (param i32) (result i32) (i32.const 0))
+  (func (export "proxy_on_downstream_data") (param i32 i32 i32) (result i32) unreachable)
+  (func (export "proxy_on_upstream_data") (param i32 i32 i32) (result i32) (i32.const 0))
+  (func (export "proxy_on_downstream_connection_close") (param i32 i32))
+  (func (export "proxy_on_upstream_connection_close") (param i32 i32))
+  (func (export "proxy_on_done") (param i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_log") (param i32))
+  (func (export "proxy_on_delete") (param i32)))"#;
+
+#[test]
+fn a_trap_fails_the_whole_vm_closed_by_default_and_open_when_configured() {
+    let engine = Engine::default();
+    let module = Module::new(&engine, TRAPPING).unwrap();
+    for fail_open in [false, true] {
+        let spec = PluginSpec { fail_open, ..PluginSpec::default() };
+        let mut vm = Vm::start(&engine, &module, Process::new(), spec).unwrap();
+        let a = vm.new_connection(HashMap::new()).unwrap();
+        let b = vm.new_connection(HashMap::new()).unwrap();
+        let r = vm.data(a, Dir::Downstream, b"hello", false);
+        assert!(vm.failed());
+        assert_eq!(r.close, !fail_open);
+        assert_eq!(r.forwarded, if fail_open { b"hello".to_vec() } else { vec![] });
+        // the other connection on the same worker is affected too, without a VM call
+        let r = vm.data(b, Dir::Upstream, b"world", false);
+        assert_eq!(r.close, !fail_open);
+        assert_eq!(r.forwarded.is_empty(), !fail_open);
+    }
+}
+
+#[test]
+fn a_missing_import_fails_the_load_naming_it() {
+    let engine = Engine::default();
+    let wat = TRAPPING.replacen(
+        "(memory",
+        r#"(import "env" "proxy_does_not_exist" (func (param i32) (result i32))) (memory"#,
+        1,
+    );
+    let module = Module::new(&engine, wat).unwrap();
+    let err = Vm::start(&engine, &module, Process::new(), PluginSpec::default()).err().unwrap();
+    assert!(err.to_string().contains("missing import: env.proxy_does_not_exist"), "{err}");
+}
