@@ -1,1 +1,1 @@
-
+//! Benchmarks for kafka-mesh-filter live in `benches/`.

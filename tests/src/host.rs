@@ -47,13 +47,16 @@ pub struct LogLine {
     pub message: String,
 }
 
+/// A shared queue: its name and the pending items.
+type SharedQueue = (String, VecDeque<Vec<u8>>);
+
 /// Process-wide state shared by every VM: Envoy's stats store, `SharedData` and log sink.
 #[derive(Default)]
 pub struct Process {
     pub stats: Mutex<Stats>,
     shared_data: Mutex<HashMap<String, (Vec<u8>, u32)>>,
     next_cas: Mutex<u32>,
-    queues: Mutex<HashMap<u32, (String, VecDeque<Vec<u8>>)>>,
+    queues: Mutex<HashMap<u32, SharedQueue>>,
     pub logs: Mutex<Vec<LogLine>>,
     /// Echo logs at or above this level to stderr (Envoy log levels: 0 trace .. 5 critical).
     pub echo_level: Mutex<Option<i32>>,
@@ -67,7 +70,12 @@ impl Process {
     pub fn logs_containing(&self, needle: &str) -> Vec<LogLine> {
         self.logs
             .lock()
-            .map(|l| l.iter().filter(|x| x.message.contains(needle)).cloned().collect())
+            .map(|l| {
+                l.iter()
+                    .filter(|x| x.message.contains(needle))
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -177,7 +185,9 @@ fn mem(caller: &mut Caller<'_, HostState>) -> Option<Memory> {
 fn read_bytes(caller: &mut Caller<'_, HostState>, ptr: i32, len: i32) -> Option<Vec<u8>> {
     let m = mem(caller)?;
     let (ptr, len) = (ptr as u32 as usize, len as u32 as usize);
-    m.data(&caller).get(ptr..ptr.checked_add(len)?).map(<[u8]>::to_vec)
+    m.data(&caller)
+        .get(ptr..ptr.checked_add(len)?)
+        .map(<[u8]>::to_vec)
 }
 
 fn write_u32(caller: &mut Caller<'_, HostState>, ptr: i32, v: u32) -> bool {
@@ -210,7 +220,11 @@ fn return_bytes(
         }
         return Ok(status::OK);
     }
-    let alloc = caller.data().alloc.clone().ok_or_else(|| anyhow!("no proxy_on_memory_allocate"))?;
+    let alloc = caller
+        .data()
+        .alloc
+        .clone()
+        .ok_or_else(|| anyhow!("no proxy_on_memory_allocate"))?;
     let p = alloc.call(&mut *caller, data.len() as i32)?;
     if p == 0 || !write_bytes(caller, p, data) {
         return Ok(status::INVALID_MEMORY_ACCESS);
@@ -229,49 +243,97 @@ fn linker(engine: &Engine) -> Result<Linker<HostState>> {
     let mut l: Linker<HostState> = Linker::new(engine);
 
     // ---- logging, time, status ------------------------------------------------------------
-    l.func_wrap("env", "proxy_log", |mut c: Caller<'_, HostState>, level: i32, p: i32, n: i32| -> i32 {
-        let Some(b) = read_bytes(&mut c, p, n) else { return status::INVALID_MEMORY_ACCESS };
-        // [envoy] Context::log: "wasm log <plugin>: <message>"
-        let msg = format!("wasm log {}: {}", c.data().spec.name, String::from_utf8_lossy(&b));
-        c.data().process.log(level, msg);
+    l.func_wrap(
+        "env",
+        "proxy_log",
+        |mut c: Caller<'_, HostState>, level: i32, p: i32, n: i32| -> i32 {
+            let Some(b) = read_bytes(&mut c, p, n) else {
+                return status::INVALID_MEMORY_ACCESS;
+            };
+            // [envoy] Context::log: "wasm log <plugin>: <message>"
+            let msg = format!(
+                "wasm log {}: {}",
+                c.data().spec.name,
+                String::from_utf8_lossy(&b)
+            );
+            c.data().process.log(level, msg);
+            status::OK
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_get_log_level",
+        |mut c: Caller<'_, HostState>, p: i32| -> i32 {
+            // Envoy's default log level is info (2).
+            if write_u32(&mut c, p, 2) {
+                status::OK
+            } else {
+                status::INVALID_MEMORY_ACCESS
+            }
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_get_current_time_nanoseconds",
+        |mut c: Caller<'_, HostState>, p: i32| -> i32 {
+            let ns = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            if write_bytes(&mut c, p, &ns.to_le_bytes()) {
+                status::OK
+            } else {
+                status::INVALID_MEMORY_ACCESS
+            }
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_set_tick_period_milliseconds",
+        |mut c: Caller<'_, HostState>, ms: i32| -> i32 {
+            c.data_mut().tick_period_ms = ms as u32;
+            status::OK
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_get_status",
+        |mut c: Caller<'_, HostState>, code_p: i32, pp: i32, sp: i32| -> Result<i32> {
+            let (code, msg) = c.data().status.clone();
+            if !write_u32(&mut c, code_p, code) {
+                return Ok(status::INVALID_MEMORY_ACCESS);
+            }
+            return_bytes(&mut c, &msg, pp, sp)
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_set_effective_context",
+        |mut c: Caller<'_, HostState>, id: i32| -> i32 {
+            // [cpp-host] exports.cc set_effective_context: unknown ids are BadArgument.
+            let id = id as u32;
+            let s = c.data_mut();
+            if id != s.current && !s.conns.contains_key(&id) && id != 1 {
+                return status::BAD_ARGUMENT;
+            }
+            s.effective = Some(id);
+            status::OK
+        },
+    )?;
+    l.func_wrap("env", "proxy_done", |_c: Caller<'_, HostState>| -> i32 {
         status::OK
     })?;
-    l.func_wrap("env", "proxy_get_log_level", |mut c: Caller<'_, HostState>, p: i32| -> i32 {
-        // Envoy's default log level is info (2).
-        if write_u32(&mut c, p, 2) { status::OK } else { status::INVALID_MEMORY_ACCESS }
-    })?;
-    l.func_wrap("env", "proxy_get_current_time_nanoseconds", |mut c: Caller<'_, HostState>, p: i32| -> i32 {
-        let ns = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-        if write_bytes(&mut c, p, &ns.to_le_bytes()) { status::OK } else { status::INVALID_MEMORY_ACCESS }
-    })?;
-    l.func_wrap("env", "proxy_set_tick_period_milliseconds", |mut c: Caller<'_, HostState>, ms: i32| -> i32 {
-        c.data_mut().tick_period_ms = ms as u32;
-        status::OK
-    })?;
-    l.func_wrap("env", "proxy_get_status", |mut c: Caller<'_, HostState>, code_p: i32, pp: i32, sp: i32| -> Result<i32> {
-        let (code, msg) = c.data().status.clone();
-        if !write_u32(&mut c, code_p, code) {
-            return Ok(status::INVALID_MEMORY_ACCESS);
-        }
-        return_bytes(&mut c, &msg, pp, sp)
-    })?;
-    l.func_wrap("env", "proxy_set_effective_context", |mut c: Caller<'_, HostState>, id: i32| -> i32 {
-        // [cpp-host] exports.cc set_effective_context: unknown ids are BadArgument.
-        let id = id as u32;
-        let s = c.data_mut();
-        if id != s.current && !s.conns.contains_key(&id) && id != 1 {
-            return status::BAD_ARGUMENT;
-        }
-        s.effective = Some(id);
-        status::OK
-    })?;
-    l.func_wrap("env", "proxy_done", |_c: Caller<'_, HostState>| -> i32 { status::OK })?;
 
     // ---- buffers ----------------------------------------------------------------------------
     l.func_wrap(
         "env",
         "proxy_get_buffer_bytes",
-        |mut c: Caller<'_, HostState>, ty: i32, start: i32, len: i32, pp: i32, sp: i32| -> Result<i32> {
+        |mut c: Caller<'_, HostState>,
+         ty: i32,
+         start: i32,
+         len: i32,
+         pp: i32,
+         sp: i32|
+         -> Result<i32> {
             // [cpp-host] exports.cc get_buffer_bytes
             if !(0..=buffer::MAX).contains(&ty) {
                 return Ok(status::BAD_ARGUMENT);
@@ -280,16 +342,26 @@ fn linker(engine: &Engine) -> Result<Linker<HostState>> {
             let data: Vec<u8> = {
                 let s = c.data();
                 let buf: Option<&[u8]> = match ty {
-                    buffer::DOWNSTREAM_DATA | buffer::UPSTREAM_DATA if s.active_buffer == Some(ty) => {
+                    buffer::DOWNSTREAM_DATA | buffer::UPSTREAM_DATA
+                        if s.active_buffer == Some(ty) =>
+                    {
                         s.conns.get(&context_id(s)).map(|cs| {
-                            if ty == buffer::DOWNSTREAM_DATA { &cs.down[..] } else { &cs.up[..] }
+                            if ty == buffer::DOWNSTREAM_DATA {
+                                &cs.down[..]
+                            } else {
+                                &cs.up[..]
+                            }
                         })
                     }
-                    buffer::PLUGIN_CONFIGURATION if s.in_configure => Some(&s.spec.plugin_config[..]),
+                    buffer::PLUGIN_CONFIGURATION if s.in_configure => {
+                        Some(&s.spec.plugin_config[..])
+                    }
                     buffer::VM_CONFIGURATION if s.in_vm_start => Some(&s.spec.vm_config[..]),
                     _ => None,
                 };
-                let Some(buf) = buf else { return Ok(status::NOT_FOUND) };
+                let Some(buf) = buf else {
+                    return Ok(status::NOT_FOUND);
+                };
                 // "Check for overflow." (start + length is computed on 32-bit words)
                 if (start as u32).checked_add(len as u32).is_none() {
                     return Ok(status::BAD_ARGUMENT);
@@ -300,7 +372,9 @@ fn linker(engine: &Engine) -> Result<Linker<HostState>> {
                 } else if start + len > buf.len() {
                     len = buf.len() - start;
                 }
-                buf.get(start..start + len).map(<[u8]>::to_vec).unwrap_or_default()
+                buf.get(start..start + len)
+                    .map(<[u8]>::to_vec)
+                    .unwrap_or_default()
             };
             return_bytes(&mut c, &data, pp, sp)
         },
@@ -312,9 +386,13 @@ fn linker(engine: &Engine) -> Result<Linker<HostState>> {
             if !(0..=buffer::MAX).contains(&ty) {
                 return status::BAD_ARGUMENT;
             }
-            let Some(data) = read_bytes(&mut c, p, n) else { return status::INVALID_MEMORY_ACCESS };
+            let Some(data) = read_bytes(&mut c, p, n) else {
+                return status::INVALID_MEMORY_ACCESS;
+            };
             let s = c.data_mut();
-            if !matches!(ty, buffer::DOWNSTREAM_DATA | buffer::UPSTREAM_DATA) || s.active_buffer != Some(ty) {
+            if !matches!(ty, buffer::DOWNSTREAM_DATA | buffer::UPSTREAM_DATA)
+                || s.active_buffer != Some(ty)
+            {
                 // configuration buffers are immutable ([envoy] const_buffer_instance_)
                 return if matches!(ty, buffer::VM_CONFIGURATION | buffer::PLUGIN_CONFIGURATION) {
                     status::BAD_ARGUMENT
@@ -323,8 +401,14 @@ fn linker(engine: &Engine) -> Result<Linker<HostState>> {
                 };
             }
             let id = context_id(s);
-            let Some(cs) = s.conns.get_mut(&id) else { return status::NOT_FOUND };
-            let buf = if ty == buffer::DOWNSTREAM_DATA { &mut cs.down } else { &mut cs.up };
+            let Some(cs) = s.conns.get_mut(&id) else {
+                return status::NOT_FOUND;
+            };
+            let buf = if ty == buffer::DOWNSTREAM_DATA {
+                &mut cs.down
+            } else {
+                &mut cs.up
+            };
             // [envoy] Buffer::copyFrom: start 0 drains `size` then prepends; start at or past
             // the end appends; anything else is BadArgument (no mid-buffer splice).
             let (start, size) = (start as u32 as usize, size as u32 as usize);
@@ -341,226 +425,407 @@ fn linker(engine: &Engine) -> Result<Linker<HostState>> {
             }
         },
     )?;
-    l.func_wrap("env", "proxy_get_buffer_status", |mut c: Caller<'_, HostState>, ty: i32, lp: i32, fp: i32| -> i32 {
-        let s = c.data();
-        let len = match ty {
-            buffer::DOWNSTREAM_DATA | buffer::UPSTREAM_DATA if s.active_buffer == Some(ty) => {
-                s.conns.get(&context_id(s)).map(|cs| if ty == buffer::DOWNSTREAM_DATA { cs.down.len() } else { cs.up.len() })
+    l.func_wrap(
+        "env",
+        "proxy_get_buffer_status",
+        |mut c: Caller<'_, HostState>, ty: i32, lp: i32, fp: i32| -> i32 {
+            let s = c.data();
+            let len = match ty {
+                buffer::DOWNSTREAM_DATA | buffer::UPSTREAM_DATA if s.active_buffer == Some(ty) => {
+                    s.conns.get(&context_id(s)).map(|cs| {
+                        if ty == buffer::DOWNSTREAM_DATA {
+                            cs.down.len()
+                        } else {
+                            cs.up.len()
+                        }
+                    })
+                }
+                buffer::PLUGIN_CONFIGURATION if s.in_configure => Some(s.spec.plugin_config.len()),
+                _ => None,
+            };
+            let Some(len) = len else {
+                return status::NOT_FOUND;
+            };
+            if write_u32(&mut c, lp, len as u32) && write_u32(&mut c, fp, 0) {
+                status::OK
+            } else {
+                status::INVALID_MEMORY_ACCESS
             }
-            buffer::PLUGIN_CONFIGURATION if s.in_configure => Some(s.spec.plugin_config.len()),
-            _ => None,
-        };
-        let Some(len) = len else { return status::NOT_FOUND };
-        if write_u32(&mut c, lp, len as u32) && write_u32(&mut c, fp, 0) { status::OK } else { status::INVALID_MEMORY_ACCESS }
-    })?;
+        },
+    )?;
 
     // ---- properties -------------------------------------------------------------------------
-    l.func_wrap("env", "proxy_get_property", |mut c: Caller<'_, HostState>, p: i32, n: i32, pp: i32, sp: i32| -> Result<i32> {
-        let Some(path) = read_bytes(&mut c, p, n) else { return Ok(status::INVALID_MEMORY_ACCESS) };
-        // The path is NUL-separated tokens ([spec] proxy_get_property); join them with '.'.
-        let key: String = path.split(|b| *b == 0).filter(|t| !t.is_empty()).map(|t| String::from_utf8_lossy(t).into_owned()).collect::<Vec<_>>().join(".");
-        let value = {
-            let s = c.data();
-            s.conns.get(&context_id(s)).and_then(|cs| cs.props.get(&key)).or_else(|| s.plugin_props.get(&key)).cloned()
-        };
-        match value {
-            Some(v) => return_bytes(&mut c, &v, pp, sp),
-            None => Ok(status::NOT_FOUND),
-        }
-    })?;
-    l.func_wrap("env", "proxy_set_property", |mut c: Caller<'_, HostState>, p: i32, n: i32, vp: i32, vn: i32| -> i32 {
-        let (Some(path), Some(v)) = (read_bytes(&mut c, p, n), read_bytes(&mut c, vp, vn)) else { return status::INVALID_MEMORY_ACCESS };
-        let key = path.split(|b| *b == 0).filter(|t| !t.is_empty()).map(|t| String::from_utf8_lossy(t).into_owned()).collect::<Vec<_>>().join(".");
-        let s = c.data_mut();
-        let id = context_id(s);
-        match s.conns.get_mut(&id) {
-            Some(cs) => {
-                cs.props.insert(key, v);
-                status::OK
+    l.func_wrap(
+        "env",
+        "proxy_get_property",
+        |mut c: Caller<'_, HostState>, p: i32, n: i32, pp: i32, sp: i32| -> Result<i32> {
+            let Some(path) = read_bytes(&mut c, p, n) else {
+                return Ok(status::INVALID_MEMORY_ACCESS);
+            };
+            // The path is NUL-separated tokens ([spec] proxy_get_property); join them with '.'.
+            let key: String = path
+                .split(|b| *b == 0)
+                .filter(|t| !t.is_empty())
+                .map(|t| String::from_utf8_lossy(t).into_owned())
+                .collect::<Vec<_>>()
+                .join(".");
+            let value = {
+                let s = c.data();
+                s.conns
+                    .get(&context_id(s))
+                    .and_then(|cs| cs.props.get(&key))
+                    .or_else(|| s.plugin_props.get(&key))
+                    .cloned()
+            };
+            match value {
+                Some(v) => return_bytes(&mut c, &v, pp, sp),
+                None => Ok(status::NOT_FOUND),
             }
-            None => status::NOT_FOUND,
-        }
-    })?;
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_set_property",
+        |mut c: Caller<'_, HostState>, p: i32, n: i32, vp: i32, vn: i32| -> i32 {
+            let (Some(path), Some(v)) = (read_bytes(&mut c, p, n), read_bytes(&mut c, vp, vn))
+            else {
+                return status::INVALID_MEMORY_ACCESS;
+            };
+            let key = path
+                .split(|b| *b == 0)
+                .filter(|t| !t.is_empty())
+                .map(|t| String::from_utf8_lossy(t).into_owned())
+                .collect::<Vec<_>>()
+                .join(".");
+            let s = c.data_mut();
+            let id = context_id(s);
+            match s.conns.get_mut(&id) {
+                Some(cs) => {
+                    cs.props.insert(key, v);
+                    status::OK
+                }
+                None => status::NOT_FOUND,
+            }
+        },
+    )?;
 
     // ---- streams ----------------------------------------------------------------------------
-    l.func_wrap("env", "proxy_close_stream", |mut c: Caller<'_, HostState>, ty: i32| -> i32 {
-        // [envoy] Context::closeStream: Downstream and Upstream both close the downstream
-        // connection with FlushWrite, deferred until the VM call returns.
-        let s = c.data_mut();
-        let id = context_id(s);
-        match (ty, s.conns.get_mut(&id)) {
-            (2 | 3, Some(cs)) => {
-                cs.close_requested = true;
-                status::OK
-            }
-            (0..=3, _) => status::OK,
-            _ => status::BAD_ARGUMENT,
-        }
-    })?;
-    l.func_wrap("env", "proxy_continue_stream", |mut c: Caller<'_, HostState>, ty: i32| -> i32 {
-        // [envoy] Context::continueStream: Downstream -> continueReading(); Upstream is
-        // Unimplemented.
-        let s = c.data_mut();
-        let id = context_id(s);
-        match ty {
-            2 => {
-                if let Some(cs) = s.conns.get_mut(&id) {
-                    cs.resume_downstream = true;
+    l.func_wrap(
+        "env",
+        "proxy_close_stream",
+        |mut c: Caller<'_, HostState>, ty: i32| -> i32 {
+            // [envoy] Context::closeStream: Downstream and Upstream both close the downstream
+            // connection with FlushWrite, deferred until the VM call returns.
+            let s = c.data_mut();
+            let id = context_id(s);
+            match (ty, s.conns.get_mut(&id)) {
+                (2 | 3, Some(cs)) => {
+                    cs.close_requested = true;
+                    status::OK
                 }
-                status::OK
+                (0..=3, _) => status::OK,
+                _ => status::BAD_ARGUMENT,
             }
-            3 => status::UNIMPLEMENTED,
-            0 | 1 => status::OK,
-            _ => status::BAD_ARGUMENT,
-        }
-    })?;
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_continue_stream",
+        |mut c: Caller<'_, HostState>, ty: i32| -> i32 {
+            // [envoy] Context::continueStream: Downstream -> continueReading(); Upstream is
+            // Unimplemented.
+            let s = c.data_mut();
+            let id = context_id(s);
+            match ty {
+                2 => {
+                    if let Some(cs) = s.conns.get_mut(&id) {
+                        cs.resume_downstream = true;
+                    }
+                    status::OK
+                }
+                3 => status::UNIMPLEMENTED,
+                0 | 1 => status::OK,
+                _ => status::BAD_ARGUMENT,
+            }
+        },
+    )?;
 
     // ---- metrics ----------------------------------------------------------------------------
-    l.func_wrap("env", "proxy_define_metric", |mut c: Caller<'_, HostState>, ty: i32, p: i32, n: i32, idp: i32| -> i32 {
-        let kind = match ty {
-            0 => Kind::Counter,
-            1 => Kind::Gauge,
-            2 => Kind::Histogram,
-            _ => return status::BAD_ARGUMENT,
-        };
-        let Some(name) = read_bytes(&mut c, p, n) else { return status::INVALID_MEMORY_ACCESS };
-        let full = format!("{CUSTOM_NAMESPACE}.{}", String::from_utf8_lossy(&name));
-        let s = c.data_mut();
-        // [envoy] Wasm::nextCounterMetricId etc.: the type lives in the low 2 bits
-        // (kMetricTypeMask = 0x3) and ids step by kMetricIdIncrement = 0x4.
-        let slot = ty as usize;
-        let id = s.next_metric[slot];
-        s.next_metric[slot] += 4;
-        s.metrics.insert(id, (kind, full.clone()));
-        if let Ok(mut st) = s.process.stats.lock() {
-            st.define(kind, &full);
-        }
-        if write_u32(&mut c, idp, id) { status::OK } else { status::INVALID_MEMORY_ACCESS }
-    })?;
-    l.func_wrap("env", "proxy_increment_metric", |c: Caller<'_, HostState>, id: i32, offset: i64| -> i32 {
-        let s = c.data();
-        let Some((kind, name)) = s.metrics.get(&(id as u32)) else { return status::NOT_FOUND };
-        let Ok(mut st) = s.process.stats.lock() else { return status::NOT_FOUND };
-        match kind {
-            // [envoy] Context::incrementMetric: counters only go up; offset <= 0 is BadArgument
-            Kind::Counter if offset > 0 => {
-                *st.counters.entry(name.clone()).or_default() += offset as u64;
+    l.func_wrap(
+        "env",
+        "proxy_define_metric",
+        |mut c: Caller<'_, HostState>, ty: i32, p: i32, n: i32, idp: i32| -> i32 {
+            let kind = match ty {
+                0 => Kind::Counter,
+                1 => Kind::Gauge,
+                2 => Kind::Histogram,
+                _ => return status::BAD_ARGUMENT,
+            };
+            let Some(name) = read_bytes(&mut c, p, n) else {
+                return status::INVALID_MEMORY_ACCESS;
+            };
+            let full = format!("{CUSTOM_NAMESPACE}.{}", String::from_utf8_lossy(&name));
+            let s = c.data_mut();
+            // [envoy] Wasm::nextCounterMetricId etc.: the type lives in the low 2 bits
+            // (kMetricTypeMask = 0x3) and ids step by kMetricIdIncrement = 0x4.
+            let slot = ty as usize;
+            let id = s.next_metric[slot];
+            s.next_metric[slot] += 4;
+            s.metrics.insert(id, (kind, full.clone()));
+            if let Ok(mut st) = s.process.stats.lock() {
+                st.define(kind, &full);
+            }
+            if write_u32(&mut c, idp, id) {
                 status::OK
+            } else {
+                status::INVALID_MEMORY_ACCESS
             }
-            Kind::Counter => status::BAD_ARGUMENT,
-            Kind::Gauge => {
-                *st.gauges.entry(name.clone()).or_default() += offset;
-                status::OK
-            }
-            Kind::Histogram => status::BAD_ARGUMENT,
-        }
-    })?;
-    l.func_wrap("env", "proxy_record_metric", |c: Caller<'_, HostState>, id: i32, value: i64| -> i32 {
-        let s = c.data();
-        let Some((kind, name)) = s.metrics.get(&(id as u32)) else { return status::NOT_FOUND };
-        let Ok(mut st) = s.process.stats.lock() else { return status::NOT_FOUND };
-        match kind {
-            Kind::Counter => *st.counters.entry(name.clone()).or_default() += value as u64,
-            Kind::Gauge => {
-                st.gauges.insert(name.clone(), value);
-            }
-            Kind::Histogram => st.histograms.entry(name.clone()).or_default().values.push(value as u64),
-        }
-        status::OK
-    })?;
-    l.func_wrap("env", "proxy_get_metric", |mut c: Caller<'_, HostState>, id: i32, rp: i32| -> i32 {
-        let v = {
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_increment_metric",
+        |c: Caller<'_, HostState>, id: i32, offset: i64| -> i32 {
             let s = c.data();
-            let Some((kind, name)) = s.metrics.get(&(id as u32)) else { return status::NOT_FOUND };
-            let Ok(st) = s.process.stats.lock() else { return status::NOT_FOUND };
+            let Some((kind, name)) = s.metrics.get(&(id as u32)) else {
+                return status::NOT_FOUND;
+            };
+            let Ok(mut st) = s.process.stats.lock() else {
+                return status::NOT_FOUND;
+            };
             match kind {
-                Kind::Counter => st.counters.get(name).copied().unwrap_or(0),
-                Kind::Gauge => st.gauges.get(name).copied().unwrap_or(0) as u64,
-                Kind::Histogram => return status::BAD_ARGUMENT,
+                // [envoy] Context::incrementMetric: counters only go up; offset <= 0 is BadArgument
+                Kind::Counter if offset > 0 => {
+                    *st.counters.entry(name.clone()).or_default() += offset as u64;
+                    status::OK
+                }
+                Kind::Counter => status::BAD_ARGUMENT,
+                Kind::Gauge => {
+                    *st.gauges.entry(name.clone()).or_default() += offset;
+                    status::OK
+                }
+                Kind::Histogram => status::BAD_ARGUMENT,
             }
-        };
-        if write_bytes(&mut c, rp, &v.to_le_bytes()) { status::OK } else { status::INVALID_MEMORY_ACCESS }
-    })?;
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_record_metric",
+        |c: Caller<'_, HostState>, id: i32, value: i64| -> i32 {
+            let s = c.data();
+            let Some((kind, name)) = s.metrics.get(&(id as u32)) else {
+                return status::NOT_FOUND;
+            };
+            let Ok(mut st) = s.process.stats.lock() else {
+                return status::NOT_FOUND;
+            };
+            match kind {
+                Kind::Counter => *st.counters.entry(name.clone()).or_default() += value as u64,
+                Kind::Gauge => {
+                    st.gauges.insert(name.clone(), value);
+                }
+                Kind::Histogram => st
+                    .histograms
+                    .entry(name.clone())
+                    .or_default()
+                    .values
+                    .push(value as u64),
+            }
+            status::OK
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_get_metric",
+        |mut c: Caller<'_, HostState>, id: i32, rp: i32| -> i32 {
+            let v = {
+                let s = c.data();
+                let Some((kind, name)) = s.metrics.get(&(id as u32)) else {
+                    return status::NOT_FOUND;
+                };
+                let Ok(st) = s.process.stats.lock() else {
+                    return status::NOT_FOUND;
+                };
+                match kind {
+                    Kind::Counter => st.counters.get(name).copied().unwrap_or(0),
+                    Kind::Gauge => st.gauges.get(name).copied().unwrap_or(0) as u64,
+                    Kind::Histogram => return status::BAD_ARGUMENT,
+                }
+            };
+            if write_bytes(&mut c, rp, &v.to_le_bytes()) {
+                status::OK
+            } else {
+                status::INVALID_MEMORY_ACCESS
+            }
+        },
+    )?;
 
     // ---- shared data and queues ([cpp-host] src/shared_data.cc, src/shared_queue.cc) ------
-    l.func_wrap("env", "proxy_get_shared_data", |mut c: Caller<'_, HostState>, kp: i32, kn: i32, pp: i32, sp: i32, casp: i32| -> Result<i32> {
-        let Some(key) = read_bytes(&mut c, kp, kn) else { return Ok(status::INVALID_MEMORY_ACCESS) };
-        let found = c.data().process.shared_data.lock().ok().and_then(|m| m.get(&String::from_utf8_lossy(&key).into_owned()).cloned());
-        let Some((value, cas)) = found else { return Ok(status::NOT_FOUND) };
-        if !write_u32(&mut c, casp, cas) {
-            return Ok(status::INVALID_MEMORY_ACCESS);
-        }
-        return_bytes(&mut c, &value, pp, sp)
-    })?;
-    l.func_wrap("env", "proxy_set_shared_data", |mut c: Caller<'_, HostState>, kp: i32, kn: i32, vp: i32, vn: i32, cas: i32| -> i32 {
-        let (Some(key), Some(value)) = (read_bytes(&mut c, kp, kn), read_bytes(&mut c, vp, vn)) else { return status::INVALID_MEMORY_ACCESS };
-        let p = c.data().process.clone();
-        let Ok(mut m) = p.shared_data.lock() else { return status::NOT_FOUND };
-        let key = String::from_utf8_lossy(&key).into_owned();
-        if let Some((_, cur)) = m.get(&key) {
-            if cas != 0 && cas as u32 != *cur {
-                return status::CAS_MISMATCH;
+    l.func_wrap(
+        "env",
+        "proxy_get_shared_data",
+        |mut c: Caller<'_, HostState>,
+         kp: i32,
+         kn: i32,
+         pp: i32,
+         sp: i32,
+         casp: i32|
+         -> Result<i32> {
+            let Some(key) = read_bytes(&mut c, kp, kn) else {
+                return Ok(status::INVALID_MEMORY_ACCESS);
+            };
+            let found = c
+                .data()
+                .process
+                .shared_data
+                .lock()
+                .ok()
+                .and_then(|m| m.get(&String::from_utf8_lossy(&key).into_owned()).cloned());
+            let Some((value, cas)) = found else {
+                return Ok(status::NOT_FOUND);
+            };
+            if !write_u32(&mut c, casp, cas) {
+                return Ok(status::INVALID_MEMORY_ACCESS);
             }
-        }
-        let next = {
-            let Ok(mut n) = p.next_cas.lock() else { return status::NOT_FOUND };
-            *n = n.wrapping_add(1).max(1);
-            *n
-        };
-        m.insert(key, (value, next));
-        status::OK
-    })?;
-    l.func_wrap("env", "proxy_register_shared_queue", |mut c: Caller<'_, HostState>, np: i32, nn: i32, idp: i32| -> i32 {
-        let Some(name) = read_bytes(&mut c, np, nn) else { return status::INVALID_MEMORY_ACCESS };
-        let name = String::from_utf8_lossy(&name).into_owned();
-        let id = {
-            let Ok(mut q) = c.data().process.queues.lock() else { return status::NOT_FOUND };
-            if let Some((id, _)) = q.iter().find(|(_, (n, _))| *n == name) {
-                *id
+            return_bytes(&mut c, &value, pp, sp)
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_set_shared_data",
+        |mut c: Caller<'_, HostState>, kp: i32, kn: i32, vp: i32, vn: i32, cas: i32| -> i32 {
+            let (Some(key), Some(value)) = (read_bytes(&mut c, kp, kn), read_bytes(&mut c, vp, vn))
+            else {
+                return status::INVALID_MEMORY_ACCESS;
+            };
+            let p = c.data().process.clone();
+            let Ok(mut m) = p.shared_data.lock() else {
+                return status::NOT_FOUND;
+            };
+            let key = String::from_utf8_lossy(&key).into_owned();
+            if let Some((_, cur)) = m.get(&key) {
+                if cas != 0 && cas as u32 != *cur {
+                    return status::CAS_MISMATCH;
+                }
+            }
+            let next = {
+                let Ok(mut n) = p.next_cas.lock() else {
+                    return status::NOT_FOUND;
+                };
+                *n = n.wrapping_add(1).max(1);
+                *n
+            };
+            m.insert(key, (value, next));
+            status::OK
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_register_shared_queue",
+        |mut c: Caller<'_, HostState>, np: i32, nn: i32, idp: i32| -> i32 {
+            let Some(name) = read_bytes(&mut c, np, nn) else {
+                return status::INVALID_MEMORY_ACCESS;
+            };
+            let name = String::from_utf8_lossy(&name).into_owned();
+            let id = {
+                let Ok(mut q) = c.data().process.queues.lock() else {
+                    return status::NOT_FOUND;
+                };
+                if let Some((id, _)) = q.iter().find(|(_, (n, _))| *n == name) {
+                    *id
+                } else {
+                    let id = q.len() as u32 + 1;
+                    q.insert(id, (name, VecDeque::new()));
+                    id
+                }
+            };
+            if write_u32(&mut c, idp, id) {
+                status::OK
             } else {
-                let id = q.len() as u32 + 1;
-                q.insert(id, (name, VecDeque::new()));
-                id
+                status::INVALID_MEMORY_ACCESS
             }
-        };
-        if write_u32(&mut c, idp, id) { status::OK } else { status::INVALID_MEMORY_ACCESS }
-    })?;
-    l.func_wrap("env", "proxy_resolve_shared_queue", |mut c: Caller<'_, HostState>, _vp: i32, _vn: i32, np: i32, nn: i32, idp: i32| -> i32 {
-        let Some(name) = read_bytes(&mut c, np, nn) else { return status::INVALID_MEMORY_ACCESS };
-        let name = String::from_utf8_lossy(&name).into_owned();
-        let id = c.data().process.queues.lock().ok().and_then(|q| q.iter().find(|(_, (n, _))| *n == name).map(|(id, _)| *id));
-        match id {
-            Some(id) if write_u32(&mut c, idp, id) => status::OK,
-            Some(_) => status::INVALID_MEMORY_ACCESS,
-            None => status::NOT_FOUND,
-        }
-    })?;
-    l.func_wrap("env", "proxy_enqueue_shared_queue", |mut c: Caller<'_, HostState>, id: i32, vp: i32, vn: i32| -> i32 {
-        let Some(v) = read_bytes(&mut c, vp, vn) else { return status::INVALID_MEMORY_ACCESS };
-        match c.data().process.queues.lock().ok().as_mut().and_then(|q| q.get_mut(&(id as u32)).map(|e| e.1.push_back(v))) {
-            Some(()) => status::OK,
-            None => status::NOT_FOUND,
-        }
-    })?;
-    l.func_wrap("env", "proxy_dequeue_shared_queue", |mut c: Caller<'_, HostState>, id: i32, pp: i32, sp: i32| -> Result<i32> {
-        let item = {
-            let Ok(mut q) = c.data().process.queues.lock() else { return Ok(status::NOT_FOUND) };
-            let Some(e) = q.get_mut(&(id as u32)) else { return Ok(status::NOT_FOUND) };
-            e.1.pop_front()
-        };
-        match item {
-            Some(v) => return_bytes(&mut c, &v, pp, sp),
-            None => Ok(status::EMPTY),
-        }
-    })?;
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_resolve_shared_queue",
+        |mut c: Caller<'_, HostState>, _vp: i32, _vn: i32, np: i32, nn: i32, idp: i32| -> i32 {
+            let Some(name) = read_bytes(&mut c, np, nn) else {
+                return status::INVALID_MEMORY_ACCESS;
+            };
+            let name = String::from_utf8_lossy(&name).into_owned();
+            let id = c
+                .data()
+                .process
+                .queues
+                .lock()
+                .ok()
+                .and_then(|q| q.iter().find(|(_, (n, _))| *n == name).map(|(id, _)| *id));
+            match id {
+                Some(id) if write_u32(&mut c, idp, id) => status::OK,
+                Some(_) => status::INVALID_MEMORY_ACCESS,
+                None => status::NOT_FOUND,
+            }
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_enqueue_shared_queue",
+        |mut c: Caller<'_, HostState>, id: i32, vp: i32, vn: i32| -> i32 {
+            let Some(v) = read_bytes(&mut c, vp, vn) else {
+                return status::INVALID_MEMORY_ACCESS;
+            };
+            match c
+                .data()
+                .process
+                .queues
+                .lock()
+                .ok()
+                .as_mut()
+                .and_then(|q| q.get_mut(&(id as u32)).map(|e| e.1.push_back(v)))
+            {
+                Some(()) => status::OK,
+                None => status::NOT_FOUND,
+            }
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_dequeue_shared_queue",
+        |mut c: Caller<'_, HostState>, id: i32, pp: i32, sp: i32| -> Result<i32> {
+            let item = {
+                let Ok(mut q) = c.data().process.queues.lock() else {
+                    return Ok(status::NOT_FOUND);
+                };
+                let Some(e) = q.get_mut(&(id as u32)) else {
+                    return Ok(status::NOT_FOUND);
+                };
+                e.1.pop_front()
+            };
+            match item {
+                Some(v) => return_bytes(&mut c, &v, pp, sp),
+                None => Ok(status::EMPTY),
+            }
+        },
+    )?;
 
     // ---- HTTP-only and callout imports ------------------------------------------------------
     // The Rust SDK's dispatcher imports these even for network filters. Header maps do not
     // exist on a TCP connection: Envoy answers NotFound there ([envoy] Context::getMap returns
     // nullptr for network contexts). HTTP and gRPC callouts are not emulated: calling one traps
     // with its name, so a test can never pass by silently ignoring it.
-    l.func_wrap("env", "proxy_get_header_map_value", |_c: Caller<'_, HostState>, _t: i32, _kp: i32, _kn: i32, _pp: i32, _sp: i32| -> i32 { status::NOT_FOUND })?;
-    l.func_wrap("env", "proxy_get_header_map_pairs", |_c: Caller<'_, HostState>, _t: i32, _pp: i32, _sp: i32| -> i32 { status::NOT_FOUND })?;
+    l.func_wrap(
+        "env",
+        "proxy_get_header_map_value",
+        |_c: Caller<'_, HostState>, _t: i32, _kp: i32, _kn: i32, _pp: i32, _sp: i32| -> i32 {
+            status::NOT_FOUND
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_get_header_map_pairs",
+        |_c: Caller<'_, HostState>, _t: i32, _pp: i32, _sp: i32| -> i32 { status::NOT_FOUND },
+    )?;
     for name in [
         "proxy_http_call",
         "proxy_grpc_call",
@@ -570,54 +835,122 @@ fn linker(engine: &Engine) -> Result<Linker<HostState>> {
         "proxy_grpc_close",
         "proxy_call_foreign_function",
     ] {
-        l.func_new("env", name, callout_type(engine, name), move |_c, _args, _rets| {
-            bail!("test host: {name} is not emulated (no HTTP/gRPC callouts in this host)")
-        })?;
+        l.func_new(
+            "env",
+            name,
+            callout_type(engine, name),
+            move |_c, _args, _rets| {
+                bail!("test host: {name} is not emulated (no HTTP/gRPC callouts in this host)")
+            },
+        )?;
     }
 
     // ---- WASI subset ([cpp-host] src/exports.cc wasi_unstable_*) ------------------------------
-    l.func_wrap("wasi_snapshot_preview1", "fd_write", |mut c: Caller<'_, HostState>, fd: i32, iovs: i32, n: i32, written: i32| -> i32 {
-        // stdout -> info, stderr -> error log; other fds are EBADF (8).
-        if fd != 1 && fd != 2 {
-            return 8;
-        }
-        let mut out = Vec::new();
-        for i in 0..n {
-            let Some(iov) = read_bytes(&mut c, iovs + i * 8, 8) else { return 21 };
-            let p = i32::from_le_bytes([iov[0], iov[1], iov[2], iov[3]]);
-            let l = i32::from_le_bytes([iov[4], iov[5], iov[6], iov[7]]);
-            let Some(b) = read_bytes(&mut c, p, l) else { return 21 };
-            out.extend(b);
-        }
-        let level = if fd == 1 { 2 } else { 4 };
-        c.data().process.log(level, String::from_utf8_lossy(&out).into_owned());
-        if write_u32(&mut c, written, out.len() as u32) { 0 } else { 21 }
-    })?;
-    l.func_wrap("wasi_snapshot_preview1", "environ_sizes_get", |mut c: Caller<'_, HostState>, cp: i32, sp: i32| -> i32 {
-        if write_u32(&mut c, cp, 0) && write_u32(&mut c, sp, 0) { 0 } else { 21 }
-    })?;
-    l.func_wrap("wasi_snapshot_preview1", "environ_get", |_c: Caller<'_, HostState>, _a: i32, _b: i32| -> i32 { 0 })?;
-    l.func_wrap("wasi_snapshot_preview1", "args_sizes_get", |mut c: Caller<'_, HostState>, cp: i32, sp: i32| -> i32 {
-        if write_u32(&mut c, cp, 0) && write_u32(&mut c, sp, 0) { 0 } else { 21 }
-    })?;
-    l.func_wrap("wasi_snapshot_preview1", "args_get", |_c: Caller<'_, HostState>, _a: i32, _b: i32| -> i32 { 0 })?;
-    l.func_wrap("wasi_snapshot_preview1", "clock_time_get", |mut c: Caller<'_, HostState>, _id: i32, _prec: i64, rp: i32| -> i32 {
-        let ns = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-        if write_bytes(&mut c, rp, &ns.to_le_bytes()) { 0 } else { 21 }
-    })?;
-    l.func_wrap("wasi_snapshot_preview1", "random_get", |mut c: Caller<'_, HostState>, p: i32, n: i32| -> i32 {
-        let mut seed = SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64) | 1;
-        let bytes: Vec<u8> = (0..n).map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed as u8
-        }).collect();
-        if write_bytes(&mut c, p, &bytes) { 0 } else { 21 }
-    })?;
-    l.func_wrap("wasi_snapshot_preview1", "proc_exit", |_c: Caller<'_, HostState>, code: i32| -> Result<()> {
-        bail!("proc_exit({code})")
-    })?;
+    l.func_wrap(
+        "wasi_snapshot_preview1",
+        "fd_write",
+        |mut c: Caller<'_, HostState>, fd: i32, iovs: i32, n: i32, written: i32| -> i32 {
+            // stdout -> info, stderr -> error log; other fds are EBADF (8).
+            if fd != 1 && fd != 2 {
+                return 8;
+            }
+            let mut out = Vec::new();
+            for i in 0..n {
+                let Some(iov) = read_bytes(&mut c, iovs + i * 8, 8) else {
+                    return 21;
+                };
+                let p = i32::from_le_bytes([iov[0], iov[1], iov[2], iov[3]]);
+                let l = i32::from_le_bytes([iov[4], iov[5], iov[6], iov[7]]);
+                let Some(b) = read_bytes(&mut c, p, l) else {
+                    return 21;
+                };
+                out.extend(b);
+            }
+            let level = if fd == 1 { 2 } else { 4 };
+            c.data()
+                .process
+                .log(level, String::from_utf8_lossy(&out).into_owned());
+            if write_u32(&mut c, written, out.len() as u32) {
+                0
+            } else {
+                21
+            }
+        },
+    )?;
+    l.func_wrap(
+        "wasi_snapshot_preview1",
+        "environ_sizes_get",
+        |mut c: Caller<'_, HostState>, cp: i32, sp: i32| -> i32 {
+            if write_u32(&mut c, cp, 0) && write_u32(&mut c, sp, 0) {
+                0
+            } else {
+                21
+            }
+        },
+    )?;
+    l.func_wrap(
+        "wasi_snapshot_preview1",
+        "environ_get",
+        |_c: Caller<'_, HostState>, _a: i32, _b: i32| -> i32 { 0 },
+    )?;
+    l.func_wrap(
+        "wasi_snapshot_preview1",
+        "args_sizes_get",
+        |mut c: Caller<'_, HostState>, cp: i32, sp: i32| -> i32 {
+            if write_u32(&mut c, cp, 0) && write_u32(&mut c, sp, 0) {
+                0
+            } else {
+                21
+            }
+        },
+    )?;
+    l.func_wrap(
+        "wasi_snapshot_preview1",
+        "args_get",
+        |_c: Caller<'_, HostState>, _a: i32, _b: i32| -> i32 { 0 },
+    )?;
+    l.func_wrap(
+        "wasi_snapshot_preview1",
+        "clock_time_get",
+        |mut c: Caller<'_, HostState>, _id: i32, _prec: i64, rp: i32| -> i32 {
+            let ns = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            if write_bytes(&mut c, rp, &ns.to_le_bytes()) {
+                0
+            } else {
+                21
+            }
+        },
+    )?;
+    l.func_wrap(
+        "wasi_snapshot_preview1",
+        "random_get",
+        |mut c: Caller<'_, HostState>, p: i32, n: i32| -> i32 {
+            let mut seed = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+                | 1;
+            let bytes: Vec<u8> = (0..n)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    seed as u8
+                })
+                .collect();
+            if write_bytes(&mut c, p, &bytes) {
+                0
+            } else {
+                21
+            }
+        },
+    )?;
+    l.func_wrap(
+        "wasi_snapshot_preview1",
+        "proc_exit",
+        |_c: Caller<'_, HostState>, code: i32| -> Result<()> { bail!("proc_exit({code})") },
+    )?;
     Ok(l)
 }
 
@@ -639,7 +972,12 @@ impl Vm {
     /// ([cpp-host] wasm.cc `WasmBase::initialize`, `startVm`, `configure`). Returns an error
     /// naming the reason if the module imports something this host lacks, if `on_vm_start`
     /// fails, or if `on_configure` returns false (Envoy rejects the config).
-    pub fn start(engine: &Engine, module: &Module, process: Arc<Process>, spec: PluginSpec) -> Result<Vm> {
+    pub fn start(
+        engine: &Engine,
+        module: &Module,
+        process: Arc<Process>,
+        spec: PluginSpec,
+    ) -> Result<Vm> {
         let linker = linker(engine)?;
         let mut plugin_props = HashMap::new();
         plugin_props.insert("plugin_name".to_string(), spec.name.clone().into_bytes());
@@ -665,26 +1003,52 @@ impl Vm {
         // [cpp-host] a module importing a function the host lacks fails to load, naming it.
         for imp in module.imports() {
             if linker.get_by_import(&mut store, &imp).is_none() {
-                bail!("Failed to load Wasm module due to a missing import: {}.{}", imp.module(), imp.name());
+                bail!(
+                    "Failed to load Wasm module due to a missing import: {}.{}",
+                    imp.module(),
+                    imp.name()
+                );
             }
         }
-        let instance = linker.instantiate(&mut store, module).map_err(|e| anyhow!("instantiating: {e:#}"))?;
-        if instance.get_export(&mut store, "proxy_abi_version_0_2_1").is_none() {
+        let instance = linker
+            .instantiate(&mut store, module)
+            .map_err(|e| anyhow!("instantiating: {e:#}"))?;
+        if instance
+            .get_export(&mut store, "proxy_abi_version_0_2_1")
+            .is_none()
+        {
             bail!("module does not export proxy_abi_version_0_2_1");
         }
         let memory = instance.get_memory(&mut store, "memory");
         let alloc = instance
             .get_typed_func::<i32, i32>(&mut store, "malloc")
-            .or_else(|_| instance.get_typed_func::<i32, i32>(&mut store, "proxy_on_memory_allocate"))
+            .or_else(|_| {
+                instance.get_typed_func::<i32, i32>(&mut store, "proxy_on_memory_allocate")
+            })
             .ok();
         store.data_mut().memory = memory;
         store.data_mut().alloc = alloc;
-        let mut vm = Vm { store, instance, root_id: 1, next_id: 2, failed: false, fail_reason: None };
+        let mut vm = Vm {
+            store,
+            instance,
+            root_id: 1,
+            next_id: 2,
+            failed: false,
+            fail_reason: None,
+        };
         // WASI reactor start
-        if let Ok(f) = vm.instance.get_typed_func::<(), ()>(&mut vm.store, "_initialize") {
-            f.call(&mut vm.store, ()).map_err(|e| anyhow!("_initialize trapped: {e:#}"))?;
-        } else if let Ok(f) = vm.instance.get_typed_func::<(), ()>(&mut vm.store, "_start") {
-            f.call(&mut vm.store, ()).map_err(|e| anyhow!("_start trapped: {e:#}"))?;
+        if let Ok(f) = vm
+            .instance
+            .get_typed_func::<(), ()>(&mut vm.store, "_initialize")
+        {
+            f.call(&mut vm.store, ())
+                .map_err(|e| anyhow!("_initialize trapped: {e:#}"))?;
+        } else if let Ok(f) = vm
+            .instance
+            .get_typed_func::<(), ()>(&mut vm.store, "_start")
+        {
+            f.call(&mut vm.store, ())
+                .map_err(|e| anyhow!("_start trapped: {e:#}"))?;
         }
         let root = vm.root_id;
         vm.call_void("proxy_on_context_create", &[root as i32, 0])?;
@@ -748,7 +1112,13 @@ impl Vm {
     pub fn new_connection(&mut self, props: HashMap<String, Vec<u8>>) -> Result<u32> {
         let id = self.next_id;
         self.next_id += 1;
-        self.store.data_mut().conns.insert(id, ConnState { props, ..ConnState::default() });
+        self.store.data_mut().conns.insert(
+            id,
+            ConnState {
+                props,
+                ..ConnState::default()
+            },
+        );
         if self.failed {
             return Ok(id);
         }
@@ -772,14 +1142,28 @@ impl Vm {
             Dir::Upstream => (buffer::UPSTREAM_DATA, "proxy_on_upstream_data"),
         };
         let len = {
-            let Some(cs) = self.store.data_mut().conns.get_mut(&id) else { return DataResult { close: true, ..Default::default() } };
-            let buf = if dir == Dir::Downstream { &mut cs.down } else { &mut cs.up };
+            let Some(cs) = self.store.data_mut().conns.get_mut(&id) else {
+                return DataResult {
+                    close: true,
+                    ..Default::default()
+                };
+            };
+            let buf = if dir == Dir::Downstream {
+                &mut cs.down
+            } else {
+                &mut cs.up
+            };
             buf.extend_from_slice(bytes);
             buf.len()
         };
         let mut res = DataResult::default();
         let action = if self.failed {
-            if fail_open { 0 } else { res.close = true; 1 }
+            if fail_open {
+                0
+            } else {
+                res.close = true;
+                1
+            }
         } else {
             self.store.data_mut().current = id;
             self.store.data_mut().active_buffer = Some(ty);
@@ -794,11 +1178,17 @@ impl Vm {
                 }
             }
         };
-        let Some(cs) = self.store.data_mut().conns.get_mut(&id) else { return res };
+        let Some(cs) = self.store.data_mut().conns.get_mut(&id) else {
+            return res;
+        };
         if cs.close_requested {
             res.close = true;
         }
-        let buf = if dir == Dir::Downstream { &mut cs.down } else { &mut cs.up };
+        let buf = if dir == Dir::Downstream {
+            &mut cs.down
+        } else {
+            &mut cs.up
+        };
         if action == 0 && !res.close {
             res.forwarded = std::mem::take(buf);
         } else {
@@ -809,7 +1199,13 @@ impl Vm {
 
     /// Bytes the filter is holding in Envoy's buffer for this direction.
     pub fn buffered(&self, id: u32, dir: Dir) -> usize {
-        self.store.data().conns.get(&id).map_or(0, |cs| if dir == Dir::Downstream { cs.down.len() } else { cs.up.len() })
+        self.store.data().conns.get(&id).map_or(0, |cs| {
+            if dir == Dir::Downstream {
+                cs.down.len()
+            } else {
+                cs.up.len()
+            }
+        })
     }
 
     /// The connection is gone: close callbacks then done/log/delete, as Envoy's
@@ -846,4 +1242,3 @@ impl Vm {
         self.call_void("proxy_on_tick", &[root as i32])
     }
 }
-

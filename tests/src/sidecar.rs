@@ -10,10 +10,10 @@
 //!   read-disable on the high watermark does.
 //! - `--admin ADDR` serves `/stats/prometheus` and `/ready`.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::cell::RefCell;
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
@@ -65,23 +65,41 @@ pub fn run(opts: Options, process: Arc<Process>) -> Result<()> {
     for w in 0..opts.workers.max(1) {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<std::net::TcpStream>();
         senders.push(tx);
-        let (engine, module, process, opts, ready_tx) =
-            (engine.clone(), module.clone(), process.clone(), opts.clone(), ready_tx.clone());
-        std::thread::Builder::new().name(format!("worker-{w}")).spawn(move || {
-            worker(w, engine, module, process, opts, rx, ready_tx);
-        })?;
+        let (engine, module, process, opts, ready_tx) = (
+            engine.clone(),
+            module.clone(),
+            process.clone(),
+            opts.clone(),
+            ready_tx.clone(),
+        );
+        std::thread::Builder::new()
+            .name(format!("worker-{w}"))
+            .spawn(move || {
+                worker(w, engine, module, process, opts, rx, ready_tx);
+            })?;
     }
     for _ in 0..opts.workers.max(1) {
         ready_rx.recv().context("worker exited")??;
     }
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
-        let listener = TcpListener::bind(opts.listen).await.with_context(|| format!("binding {}", opts.listen))?;
+        let listener = TcpListener::bind(opts.listen)
+            .await
+            .with_context(|| format!("binding {}", opts.listen))?;
         if let Some(admin) = opts.admin {
-            let admin_listener = TcpListener::bind(admin).await.with_context(|| format!("binding admin {admin}"))?;
+            let admin_listener = TcpListener::bind(admin)
+                .await
+                .with_context(|| format!("binding admin {admin}"))?;
             tokio::spawn(serve_admin(admin_listener, process.clone()));
         }
-        eprintln!("wasm-sidecar: listening on {} -> {} ({} workers)", opts.listen, opts.upstream, opts.workers.max(1));
+        eprintln!(
+            "wasm-sidecar: listening on {} -> {} ({} workers)",
+            opts.listen,
+            opts.upstream,
+            opts.workers.max(1)
+        );
         let mut next = 0usize;
         loop {
             let (sock, _) = listener.accept().await?;
@@ -113,7 +131,12 @@ fn worker(
             return;
         }
     };
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
         // tick timer, as Envoy's root context timer
@@ -146,18 +169,28 @@ async fn relay(vm: Rc<RefCell<Vm>>, sock: std::net::TcpStream, opts: &Options) -
     let client = TcpStream::from_std(sock)?;
     client.set_nodelay(true)?;
     let peer = client.peer_addr()?;
-    let server = TcpStream::connect(&opts.upstream).await.with_context(|| format!("connecting upstream {}", opts.upstream))?;
+    let server = TcpStream::connect(&opts.upstream)
+        .await
+        .with_context(|| format!("connecting upstream {}", opts.upstream))?;
     server.set_nodelay(true)?;
     let mut props = opts.conn_props.clone();
     // Envoy attributes: source.address / destination.address are "ip:port" strings.
-    props.entry("source.address".into()).or_insert_with(|| peer.to_string().into_bytes());
+    props
+        .entry("source.address".into())
+        .or_insert_with(|| peer.to_string().into_bytes());
     if let Ok(local) = client.local_addr() {
-        props.entry("destination.address".into()).or_insert_with(|| local.to_string().into_bytes());
+        props
+            .entry("destination.address".into())
+            .or_insert_with(|| local.to_string().into_bytes());
     }
     let id = vm.borrow_mut().new_connection(props)?;
     let (mut cr, mut cw) = client.into_split();
     let (mut sr, mut sw) = server.into_split();
-    let chunk = if opts.chunk == 0 { 64 * 1024 } else { opts.chunk };
+    let chunk = if opts.chunk == 0 {
+        64 * 1024
+    } else {
+        opts.chunk
+    };
     let mut cbuf = vec![0u8; chunk];
     let mut sbuf = vec![0u8; chunk];
     let (mut c_eof, mut s_eof) = (false, false);
@@ -167,7 +200,9 @@ async fn relay(vm: Rc<RefCell<Vm>>, sock: std::net::TcpStream, opts: &Options) -
             let c_ok = !c_eof && vm.borrow().buffered(id, Dir::Downstream) < opts.buffer_limit;
             let s_ok = !s_eof && vm.borrow().buffered(id, Dir::Upstream) < opts.buffer_limit;
             if !c_ok && !s_ok {
-                anyhow::bail!("both directions stalled over the buffer limit (filter held too much)");
+                anyhow::bail!(
+                    "both directions stalled over the buffer limit (filter held too much)"
+                );
             }
             tokio::select! {
                 r = cr.read(&mut cbuf), if c_ok => {
@@ -198,16 +233,29 @@ async fn relay(vm: Rc<RefCell<Vm>>, sock: std::net::TcpStream, opts: &Options) -
 
 async fn serve_admin(listener: TcpListener, process: Arc<Process>) {
     loop {
-        let Ok((mut sock, _)) = listener.accept().await else { continue };
+        let Ok((mut sock, _)) = listener.accept().await else {
+            continue;
+        };
         let process = process.clone();
         tokio::spawn(async move {
             let mut req = vec![0u8; 4096];
             let n = sock.read(&mut req).await.unwrap_or(0);
-            let line = String::from_utf8_lossy(&req[..n]).lines().next().unwrap_or("").to_string();
+            let line = String::from_utf8_lossy(&req[..n])
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string();
             let path = line.split_whitespace().nth(1).unwrap_or("/");
             let (code, body) = match path {
                 "/ready" => ("200 OK", "LIVE\n".to_string()),
-                "/stats/prometheus" => ("200 OK", process.stats.lock().map(|s| s.render_prometheus()).unwrap_or_default()),
+                "/stats/prometheus" => (
+                    "200 OK",
+                    process
+                        .stats
+                        .lock()
+                        .map(|s| s.render_prometheus())
+                        .unwrap_or_default(),
+                ),
                 _ => ("404 Not Found", "not found\n".to_string()),
             };
             let resp = format!(

@@ -16,8 +16,8 @@ use std::fmt::Write;
 pub const CUSTOM_NAMESPACE: &str = "wasmcustom";
 
 pub const DEFAULT_BUCKETS: &[f64] = &[
-    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
-    30000.0, 60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,11 +56,17 @@ impl Stats {
 
     /// Value of a counter by its name without the namespace.
     pub fn counter(&self, name: &str) -> u64 {
-        self.counters.get(&format!("{CUSTOM_NAMESPACE}.{name}")).copied().unwrap_or(0)
+        self.counters
+            .get(&format!("{CUSTOM_NAMESPACE}.{name}"))
+            .copied()
+            .unwrap_or(0)
     }
 
     pub fn gauge(&self, name: &str) -> i64 {
-        self.gauges.get(&format!("{CUSTOM_NAMESPACE}.{name}")).copied().unwrap_or(0)
+        self.gauges
+            .get(&format!("{CUSTOM_NAMESPACE}.{name}"))
+            .copied()
+            .unwrap_or(0)
     }
 
     pub fn histogram_count(&self, name: &str) -> usize {
@@ -95,7 +101,15 @@ impl Stats {
 }
 
 fn sanitize(s: &str) -> String {
-    s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect()
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 pub fn prom_name(stat: &str) -> String {

@@ -11,15 +11,19 @@ use bytes::BytesMut;
 use kafka_mesh_testhost::host::{Dir, PluginSpec, Process, Vm};
 use kafka_protocol::messages::api_versions_response::{ApiVersion, ApiVersionsResponse};
 use kafka_protocol::messages::{
-    ApiVersionsRequest, MetadataRequest, MetadataResponse, ProduceRequest, RequestHeader, ResponseHeader,
+    ApiVersionsRequest, MetadataRequest, MetadataResponse, ProduceRequest, RequestHeader,
+    ResponseHeader,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 use wasmtime::{Engine, Module};
 
 fn wasm_path() -> PathBuf {
-    std::env::var_os("KMF_WASM").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip1/release/kafka_mesh_filter.wasm")
-    })
+    std::env::var_os("KMF_WASM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../target/wasm32-wasip1/release/kafka_mesh_filter.wasm")
+        })
 }
 
 fn filter() -> (Engine, Module) {
@@ -32,7 +36,10 @@ fn filter() -> (Engine, Module) {
 
 fn vm_with(config: &str, process: &Arc<Process>) -> Vm {
     let (engine, module) = filter();
-    let spec = PluginSpec { plugin_config: config.as_bytes().to_vec(), ..PluginSpec::default() };
+    let spec = PluginSpec {
+        plugin_config: config.as_bytes().to_vec(),
+        ..PluginSpec::default()
+    };
     Vm::start(&engine, &module, process.clone(), spec).unwrap()
 }
 
@@ -52,7 +59,10 @@ fn req<B: Encodable + HeaderVersion>(key: i16, v: i16, corr: i32, body: &B) -> V
 
 fn resp<B: Encodable + HeaderVersion>(corr: i32, v: i16, body: &B) -> Vec<u8> {
     let mut buf = BytesMut::new();
-    ResponseHeader::default().with_correlation_id(corr).encode(&mut buf, B::header_version(v)).unwrap();
+    ResponseHeader::default()
+        .with_correlation_id(corr)
+        .encode(&mut buf, B::header_version(v))
+        .unwrap();
     body.encode(&mut buf, v).unwrap();
     let mut out = (buf.len() as i32).to_be_bytes().to_vec();
     out.extend_from_slice(&buf);
@@ -84,10 +94,14 @@ fn stream() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
     ]);
     let mut resps = resp(1, 3, &av);
     resps.extend(resp(2, 12, &MetadataResponse::default()));
-    let mut expected = resp(1, 3, &av.clone().with_api_keys(vec![
-        ApiVersion::default().with_api_key(0).with_max_version(13),
-        ApiVersion::default().with_api_key(3).with_max_version(12),
-    ]));
+    let mut expected = resp(
+        1,
+        3,
+        &av.clone().with_api_keys(vec![
+            ApiVersion::default().with_api_key(0).with_max_version(13),
+            ApiVersion::default().with_api_key(3).with_max_version(12),
+        ]),
+    );
     expected.extend(resp(2, 12, &MetadataResponse::default()));
     (reqs, resps, expected)
 }
@@ -118,7 +132,10 @@ fn frames_cross_the_abi_unchanged_and_apiversions_is_clamped_at_any_chunking() {
         assert_eq!(st.counter("kafka_mesh_responses_total"), 2);
         assert_eq!(st.counter("kafka_mesh_produce_acks0_total"), 1);
         assert_eq!(st.counter("kafka_mesh_api_versions_clamped_total"), 1);
-        assert_eq!(st.counter("kafka_mesh_request_bytes_total"), reqs.len() as u64);
+        assert_eq!(
+            st.counter("kafka_mesh_request_bytes_total"),
+            reqs.len() as u64
+        );
         assert_eq!(st.counter("kafka_mesh_connections_total"), 1);
         assert_eq!(st.gauge("kafka_mesh_connections_active"), 0);
         assert_eq!(st.histogram_count("kafka_mesh_request_latency_ms"), 2);
@@ -145,9 +162,21 @@ fn malformed_frames_close_or_pass_through_per_config() {
     let process = Process::new();
     let mut vm = vm_with("{}", &process);
     let id = vm.new_connection(HashMap::new()).unwrap();
-    let r = vm.data(id, Dir::Downstream, &[0xff, 0xff, 0xff, 0xf0, 1, 2, 3], false);
+    let r = vm.data(
+        id,
+        Dir::Downstream,
+        &[0xff, 0xff, 0xff, 0xf0, 1, 2, 3],
+        false,
+    );
     assert!(r.close && r.forwarded.is_empty());
-    assert_eq!(process.stats.lock().unwrap().counter("kafka_mesh_malformed_total"), 1);
+    assert_eq!(
+        process
+            .stats
+            .lock()
+            .unwrap()
+            .counter("kafka_mesh_malformed_total"),
+        1
+    );
     assert!(!process.logs_containing("frame size -16").is_empty());
 
     let process = Process::new();
@@ -171,10 +200,23 @@ fn bad_plugin_config_is_rejected_with_its_json_path() {
         ("[]", "must be a JSON object"),
     ] {
         let process = Process::new();
-        let spec = PluginSpec { plugin_config: cfg.as_bytes().to_vec(), ..PluginSpec::default() };
-        let err = Vm::start(&engine, &module, process.clone(), spec).err().expect("config must be rejected");
-        assert!(err.to_string().contains("proxy_on_configure returned false"), "{err}");
-        assert!(!process.logs_containing(needle).is_empty(), "no log with {needle:?}: {:?}", process.logs.lock().unwrap());
+        let spec = PluginSpec {
+            plugin_config: cfg.as_bytes().to_vec(),
+            ..PluginSpec::default()
+        };
+        let err = Vm::start(&engine, &module, process.clone(), spec)
+            .err()
+            .expect("config must be rejected");
+        assert!(
+            err.to_string()
+                .contains("proxy_on_configure returned false"),
+            "{err}"
+        );
+        assert!(
+            !process.logs_containing(needle).is_empty(),
+            "no log with {needle:?}: {:?}",
+            process.logs.lock().unwrap()
+        );
     }
 }
 
@@ -185,12 +227,34 @@ fn worker_vms_share_stats_like_envoy() {
     let mut b = vm_with("{}", &process);
     for vm in [&mut a, &mut b] {
         let id = vm.new_connection(HashMap::new()).unwrap();
-        vm.data(id, Dir::Downstream, &req(3, 12, 1, &MetadataRequest::default()), false);
+        vm.data(
+            id,
+            Dir::Downstream,
+            &req(3, 12, 1, &MetadataRequest::default()),
+            false,
+        );
     }
-    assert_eq!(process.stats.lock().unwrap().counter("kafka_mesh_requests_total"), 2);
-    assert_eq!(process.stats.lock().unwrap().gauge("kafka_mesh_connections_active"), 2);
+    assert_eq!(
+        process
+            .stats
+            .lock()
+            .unwrap()
+            .counter("kafka_mesh_requests_total"),
+        2
+    );
+    assert_eq!(
+        process
+            .stats
+            .lock()
+            .unwrap()
+            .gauge("kafka_mesh_connections_active"),
+        2
+    );
     let prom = process.stats.lock().unwrap().render_prometheus();
-    assert!(prom.contains("# TYPE kafka_mesh_requests_total counter\nkafka_mesh_requests_total{} 2"), "{prom}");
+    assert!(
+        prom.contains("# TYPE kafka_mesh_requests_total counter\nkafka_mesh_requests_total{} 2"),
+        "{prom}"
+    );
 }
 
 /// A minimal proxy-wasm module whose downstream callback traps.
@@ -218,14 +282,20 @@ fn a_trap_fails_the_whole_vm_closed_by_default_and_open_when_configured() {
     let engine = Engine::default();
     let module = Module::new(&engine, TRAPPING).unwrap();
     for fail_open in [false, true] {
-        let spec = PluginSpec { fail_open, ..PluginSpec::default() };
+        let spec = PluginSpec {
+            fail_open,
+            ..PluginSpec::default()
+        };
         let mut vm = Vm::start(&engine, &module, Process::new(), spec).unwrap();
         let a = vm.new_connection(HashMap::new()).unwrap();
         let b = vm.new_connection(HashMap::new()).unwrap();
         let r = vm.data(a, Dir::Downstream, b"hello", false);
         assert!(vm.failed());
         assert_eq!(r.close, !fail_open);
-        assert_eq!(r.forwarded, if fail_open { b"hello".to_vec() } else { vec![] });
+        assert_eq!(
+            r.forwarded,
+            if fail_open { b"hello".to_vec() } else { vec![] }
+        );
         // the other connection on the same worker is affected too, without a VM call
         let r = vm.data(b, Dir::Upstream, b"world", false);
         assert_eq!(r.close, !fail_open);
@@ -242,6 +312,12 @@ fn a_missing_import_fails_the_load_naming_it() {
         1,
     );
     let module = Module::new(&engine, wat).unwrap();
-    let err = Vm::start(&engine, &module, Process::new(), PluginSpec::default()).err().unwrap();
-    assert!(err.to_string().contains("missing import: env.proxy_does_not_exist"), "{err}");
+    let err = Vm::start(&engine, &module, Process::new(), PluginSpec::default())
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string()
+            .contains("missing import: env.proxy_does_not_exist"),
+        "{err}"
+    );
 }

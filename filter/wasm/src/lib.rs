@@ -64,7 +64,11 @@ impl Metrics {
         let c = |n: &str| hostcalls::define_metric(MetricType::Counter, n).ok();
         Some(Metrics {
             connections_total: c("kafka_mesh_connections_total")?,
-            connections_active: hostcalls::define_metric(MetricType::Gauge, "kafka_mesh_connections_active").ok()?,
+            connections_active: hostcalls::define_metric(
+                MetricType::Gauge,
+                "kafka_mesh_connections_active",
+            )
+            .ok()?,
             requests_total: c("kafka_mesh_requests_total")?,
             responses_total: c("kafka_mesh_responses_total")?,
             request_bytes_total: c("kafka_mesh_request_bytes_total")?,
@@ -74,7 +78,11 @@ impl Metrics {
             api_versions_clamped_total: c("kafka_mesh_api_versions_clamped_total")?,
             rewrite_skipped_total: c("kafka_mesh_rewrite_skipped_total")?,
             malformed_total: c("kafka_mesh_malformed_total")?,
-            request_latency_ms: hostcalls::define_metric(MetricType::Histogram, "kafka_mesh_request_latency_ms").ok()?,
+            request_latency_ms: hostcalls::define_metric(
+                MetricType::Histogram,
+                "kafka_mesh_request_latency_ms",
+            )
+            .ok()?,
         })
     }
 
@@ -99,7 +107,10 @@ impl RootContext for Root {
         let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
             Ok(b) => b.unwrap_or_default(),
             Err(e) => {
-                log(LogLevel::Error, &format!("kafka-mesh-filter: cannot read pluginConfig: {e:?}"));
+                log(
+                    LogLevel::Error,
+                    &format!("kafka-mesh-filter: cannot read pluginConfig: {e:?}"),
+                );
                 return false;
             }
         };
@@ -129,7 +140,11 @@ impl RootContext for Root {
         let (Some(cfg), Some(metrics)) = (self.config.clone(), self.metrics.clone()) else {
             return None;
         };
-        Some(Box::new(Conn { session: Session::new(cfg), metrics, counted: Cell::new(false) }))
+        Some(Box::new(Conn {
+            session: Session::new(cfg),
+            metrics,
+            counted: Cell::new(false),
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -200,7 +215,10 @@ impl Observer for GlueObserver<'_> {
 
     fn api_versions_clamped(&mut self, clamps: &[Clamp]) {
         Metrics::add(self.m.api_versions_clamped_total, 1);
-        log(LogLevel::Debug, &format!("kafka-mesh-filter: clamped ApiVersions {clamps:?}"));
+        log(
+            LogLevel::Debug,
+            &format!("kafka-mesh-filter: clamped ApiVersions {clamps:?}"),
+        );
     }
 
     fn rewrite_skipped(&mut self, api_key: i16, frame_bytes: u64) {
@@ -221,7 +239,11 @@ impl Observer for GlueObserver<'_> {
         };
         log(
             LogLevel::Warn,
-            &format!("kafka-mesh-filter: malformed {} ({}): {what}; {act}", dir.as_str(), what.kind()),
+            &format!(
+                "kafka-mesh-filter: malformed {} ({}): {what}; {act}",
+                dir.as_str(),
+                what.kind()
+            ),
         );
     }
 }
@@ -265,11 +287,21 @@ impl StreamContext for Conn {
     }
 
     fn on_downstream_data(&mut self, data_size: usize, end_of_stream: bool) -> Action {
-        self.on_data(Direction::Request, BufferType::DownstreamData, data_size, end_of_stream)
+        self.on_data(
+            Direction::Request,
+            BufferType::DownstreamData,
+            data_size,
+            end_of_stream,
+        )
     }
 
     fn on_upstream_data(&mut self, data_size: usize, end_of_stream: bool) -> Action {
-        self.on_data(Direction::Response, BufferType::UpstreamData, data_size, end_of_stream)
+        self.on_data(
+            Direction::Response,
+            BufferType::UpstreamData,
+            data_size,
+            end_of_stream,
+        )
     }
 
     fn on_downstream_close(&mut self, _peer_type: PeerType) {}

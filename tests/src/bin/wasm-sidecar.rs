@@ -22,11 +22,15 @@ fn main() {
 fn real_main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let (mut listen, mut upstream, mut wasm, mut config) = (None, None, None, None);
-    let (mut admin, mut workers, mut chunk, mut limit, mut fail_open) = (None, 1usize, 0usize, None, false);
+    let (mut admin, mut workers, mut chunk, mut limit, mut fail_open) =
+        (None, 1usize, 0usize, None, false);
     let mut props = Vec::new();
     let mut log_level = 3; // warn
     while let Some(a) = args.next() {
-        let mut val = || args.next().with_context(|| format!("{a} needs a value\n{USAGE}"));
+        let mut val = || {
+            args.next()
+                .with_context(|| format!("{a} needs a value\n{USAGE}"))
+        };
         match a.as_str() {
             "--listen" => listen = Some(val()?),
             "--upstream" => upstream = Some(val()?),
@@ -56,7 +60,9 @@ fn real_main() -> Result<()> {
             other => bail!("unknown argument {other}\n{USAGE}"),
         }
     }
-    let (Some(listen), Some(upstream), Some(wasm)) = (listen, upstream, wasm) else { bail!("{USAGE}") };
+    let (Some(listen), Some(upstream), Some(wasm)) = (listen, upstream, wasm) else {
+        bail!("{USAGE}")
+    };
     let wasm = std::fs::read(&wasm).with_context(|| format!("reading {wasm}"))?;
     let mut opts = Options::new(listen.parse().context("--listen")?, upstream, wasm);
     if let Some(c) = config {

@@ -1,0 +1,61 @@
+# kafka-mesh-filter. `make demo` and `make test` do all set-up on a fresh machine.
+SHELL := /bin/bash
+WASM_TARGET := wasm32-wasip1
+WASM_OUT := target/$(WASM_TARGET)/release/kafka_mesh_filter.wasm
+WASM := target/kafka_mesh_filter.wasm
+SIDECAR := target/sidecar/wasm-sidecar
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: all setup build wasm sidecar test unit integration e2e lint fmt demo bench clean
+
+all: build
+
+## setup: install what is missing (wasm target, tansu, the Python venv). Idempotent.
+setup:
+	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
+	@command -v tansu >/dev/null || { echo "installing tansu (about 15 minutes)"; cargo install tansu --locked --features dynostore; }
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PY) -c "import confluent_kafka, kafka, pytest" 2>/dev/null || $(VENV)/bin/pip install -q -r tests/e2e/requirements.txt
+
+## build: the filter (.wasm, size-tuned release) and the wasm-sidecar test host
+build: wasm sidecar
+
+wasm:
+	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
+	cargo build --release -p kafka-mesh-filter --target $(WASM_TARGET)
+	cp $(WASM_OUT) $(WASM)
+	@ls -l $(WASM)
+
+sidecar:
+	cargo build --profile sidecar -p kafka-mesh-testhost --bin wasm-sidecar
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy -p kafka-mesh-filter --target $(WASM_TARGET) -- -D warnings
+
+fmt:
+	cargo fmt --all
+
+unit:
+	cargo test -p kafka-mesh-core
+
+integration: wasm
+	cargo test -p kafka-mesh-testhost
+
+e2e: setup build
+	$(PY) -m pytest -q tests/e2e
+
+## test: lint, unit tests, the .wasm through the test host, real clients through tansu
+test: setup lint build unit integration e2e
+
+demo: setup build
+	$(PY) tests/e2e/demo.py
+
+bench:
+	cargo bench -p kafka-mesh-bench
+
+clean:
+	cargo clean
+	rm -rf $(VENV)
