@@ -152,6 +152,8 @@ pub trait Observer {
     fn response(&mut self, _api_key: i16, _api_version: i16, _frame_bytes: u64, _latency_ns: u64) {}
     fn unknown_api(&mut self, _api_key: i16, _api_version: i16) {}
     fn produce_acks0(&mut self) {}
+    /// The broker answered an `acks=0` Produce (Kafka never does; tansu does).
+    fn produce_acks0_answered(&mut self) {}
     fn api_versions_clamped(&mut self, _clamps: &[Clamp]) {}
     fn rewrite_skipped(&mut self, _api_key: i16, _frame_bytes: u64) {}
     fn malformed(&mut self, _dir: Direction, _what: &Malformed, _action: MalformedAction) {}
@@ -198,6 +200,8 @@ const HEAD_INITIAL: usize = 128;
 /// transactional_id fit. Anything longer is malformed.
 pub const HEAD_MAX: usize = 4 + 8 + 2 + 32_767 + 6 + 32_767 + 2 + 64;
 const RESPONSE_HEAD: usize = 8;
+/// Recent `acks=0` correlation ids remembered, in case the broker answers them anyway.
+const ACKS0_RING: usize = 64;
 
 #[derive(Debug)]
 struct DirState {
@@ -249,6 +253,11 @@ pub struct Session {
     req: DirState,
     resp: DirState,
     inflight: VecDeque<InFlight>,
+    /// Correlation ids of the last `acks=0` Produce requests. Kafka sends no response to them
+    /// (so they are never queued: a queue entry would leak), but some brokers do answer
+    /// (tansu 0.6 does). A fixed-size ring lets such an answer be recognised and relayed
+    /// instead of being taken for a correlation mismatch, without unbounded state.
+    acks0_recent: VecDeque<i32>,
     closed: bool,
 }
 
@@ -259,6 +268,7 @@ impl Session {
             req: DirState::new(Direction::Request),
             resp: DirState::new(Direction::Response),
             inflight: VecDeque::new(),
+            acks0_recent: VecDeque::with_capacity(ACKS0_RING),
             closed: false,
         }
     }
@@ -484,6 +494,10 @@ impl Session {
         obs.request(&hdr, total as u64);
         if !expects_response {
             obs.produce_acks0();
+            if self.acks0_recent.len() >= ACKS0_RING {
+                self.acks0_recent.pop_front();
+            }
+            self.acks0_recent.push_back(hdr.correlation_id);
             return HeadOutcome::Pass;
         }
         if self.inflight.len() >= self.cfg.max_inflight_requests as usize {
@@ -519,6 +533,15 @@ impl Session {
                 })
             }
         };
+        let head_matches = self.inflight.front().map(|r| r.correlation_id) == Some(correlation_id);
+        if !head_matches {
+            if let Some(pos) = self.acks0_recent.iter().position(|&c| c == correlation_id) {
+                // An answer to an acks=0 Produce: everything older in the ring was skipped.
+                self.acks0_recent.drain(..=pos);
+                obs.produce_acks0_answered();
+                return HeadOutcome::Pass;
+            }
+        }
         let Some(req) = self.inflight.pop_front() else {
             return HeadOutcome::Malformed(Malformed::UnexpectedResponse { correlation_id });
         };

@@ -522,3 +522,88 @@ fn requests_with_every_known_version_parse() {
     assert_eq!(rec.unknown, 0);
     assert_eq!(p.out, input);
 }
+
+#[test]
+fn a_broker_that_answers_acks0_is_tolerated_without_queueing() {
+    // Produce acks=0 (corr 1), Metadata (corr 2); the broker answers both in order.
+    let mut s = Session::new(cfg());
+    let mut reqs = encode_request(&hdr(0, 9, 1), &ProduceRequest::default().with_acks(0), 9);
+    reqs.extend(encode_request(
+        &hdr(3, 12, 2),
+        &MetadataRequest::default(),
+        12,
+    ));
+    pump(
+        &mut s,
+        Direction::Request,
+        [&reqs[..]],
+        false,
+        &mut NoopObserver,
+    );
+    assert_eq!(s.inflight(), 1, "acks=0 is not queued");
+    let mut resps = encode_response(1, &ProduceResponse::default(), 9);
+    resps.extend(encode_response(2, &MetadataResponse::default(), 12));
+    for chunks in chunkings(&resps) {
+        let mut s2 = Session::new(cfg());
+        pump(
+            &mut s2,
+            Direction::Request,
+            [&reqs[..]],
+            false,
+            &mut NoopObserver,
+        );
+        let mut rec = Rec::default();
+        let p = pump(
+            &mut s2,
+            Direction::Response,
+            chunks.iter().copied(),
+            false,
+            &mut rec,
+        );
+        assert!(rec.malformed.is_empty(), "{:?}", rec.malformed);
+        assert_eq!(p.out, resps);
+        assert_eq!(rec.responses.len(), 1);
+        assert_eq!(s2.inflight(), 0);
+    }
+    // a response id that was never an acks=0 request is still a mismatch
+    let mut rec = Rec::default();
+    pump(
+        &mut s,
+        Direction::Response,
+        [&encode_response(9, &ProduceResponse::default(), 9)[..]],
+        false,
+        &mut rec,
+    );
+    assert_eq!(rec.malformed[0].1, "correlation_mismatch");
+}
+
+#[test]
+fn acks0_memory_is_bounded() {
+    let mut s = Session::new(cfg());
+    let mut reqs = Vec::new();
+    for corr in 0..1000 {
+        reqs.extend(encode_request(
+            &hdr(0, 9, corr),
+            &ProduceRequest::default().with_acks(0),
+            9,
+        ));
+    }
+    pump(
+        &mut s,
+        Direction::Request,
+        [&reqs[..]],
+        false,
+        &mut NoopObserver,
+    );
+    assert_eq!(s.inflight(), 0);
+    // only the last 64 are remembered: an answer to the first is a mismatch
+    let mut rec = Rec::default();
+    pump(
+        &mut s,
+        Direction::Response,
+        [&encode_response(0, &ProduceResponse::default(), 9)[..]],
+        false,
+        &mut rec,
+    );
+    assert_eq!(rec.malformed[0].1, "unexpected_response");
+}

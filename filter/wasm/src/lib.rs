@@ -53,6 +53,7 @@ struct Metrics {
     response_bytes_total: u32,
     unknown_api_total: u32,
     produce_acks0_total: u32,
+    produce_acks0_answered_total: u32,
     api_versions_clamped_total: u32,
     rewrite_skipped_total: u32,
     malformed_total: u32,
@@ -75,6 +76,7 @@ impl Metrics {
             response_bytes_total: c("kafka_mesh_response_bytes_total")?,
             unknown_api_total: c("kafka_mesh_unknown_api_total")?,
             produce_acks0_total: c("kafka_mesh_produce_acks0_total")?,
+            produce_acks0_answered_total: c("kafka_mesh_produce_acks0_answered_total")?,
             api_versions_clamped_total: c("kafka_mesh_api_versions_clamped_total")?,
             rewrite_skipped_total: c("kafka_mesh_rewrite_skipped_total")?,
             malformed_total: c("kafka_mesh_malformed_total")?,
@@ -211,6 +213,10 @@ impl Observer for GlueObserver<'_> {
 
     fn produce_acks0(&mut self) {
         Metrics::add(self.m.produce_acks0_total, 1);
+    }
+
+    fn produce_acks0_answered(&mut self) {
+        Metrics::add(self.m.produce_acks0_answered_total, 1);
     }
 
     fn api_versions_clamped(&mut self, clamps: &[Clamp]) {
