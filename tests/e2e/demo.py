@@ -19,10 +19,10 @@ def main():
         print(f"admin: http://127.0.0.1:{st.sidecar.admin}/stats/prometheus   logs: {tmp}\n")
         topics = {"orders": dict(acks="all"), "clicks": dict(acks="0", **{"compression.type": "lz4"})}
         create_topics(st.bootstrap, list(topics))
-        expected = {}
+        expected, producers = {}, []
         for topic, conf in topics.items():
             expected[topic] = expected_records(topic, 500, "demo")
-            produce_confluent(st.bootstrap, topic, expected[topic], **conf)
+            producers.append(produce_confluent(st.bootstrap, topic, expected[topic], **conf))
             print(f"produced 500 records to {topic:7} ({conf})")
         got = consume_confluent(st.bootstrap, list(topics), 1000)
         identical = sorted((m[3], m[4]) for m in got) == sorted(
