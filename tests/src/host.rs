@@ -235,6 +235,15 @@ fn return_bytes(
     Ok(status::OK)
 }
 
+/// A property path is NUL-separated tokens ([spec] proxy_get_property); join them with '.'.
+fn property_key(path: &[u8]) -> String {
+    path.split(|b| *b == 0)
+        .filter(|t| !t.is_empty())
+        .map(|t| String::from_utf8_lossy(t).into_owned())
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
 fn context_id(s: &HostState) -> u32 {
     s.effective.unwrap_or(s.current)
 }
@@ -462,13 +471,7 @@ fn linker(engine: &Engine) -> Result<Linker<HostState>> {
             let Some(path) = read_bytes(&mut c, p, n) else {
                 return Ok(status::INVALID_MEMORY_ACCESS);
             };
-            // The path is NUL-separated tokens ([spec] proxy_get_property); join them with '.'.
-            let key: String = path
-                .split(|b| *b == 0)
-                .filter(|t| !t.is_empty())
-                .map(|t| String::from_utf8_lossy(t).into_owned())
-                .collect::<Vec<_>>()
-                .join(".");
+            let key = property_key(&path);
             let value = {
                 let s = c.data();
                 s.conns
@@ -491,12 +494,7 @@ fn linker(engine: &Engine) -> Result<Linker<HostState>> {
             else {
                 return status::INVALID_MEMORY_ACCESS;
             };
-            let key = path
-                .split(|b| *b == 0)
-                .filter(|t| !t.is_empty())
-                .map(|t| String::from_utf8_lossy(t).into_owned())
-                .collect::<Vec<_>>()
-                .join(".");
+            let key = property_key(&path);
             let s = c.data_mut();
             let id = context_id(s);
             match s.conns.get_mut(&id) {

@@ -383,12 +383,7 @@ impl Session {
                     let have_end = start + st.head.len();
                     let avail_end = (*len).min(start + want);
                     if avail_end > have_end {
-                        let bytes = buf
-                            .read(have_end, avail_end - have_end)
-                            .filter(|b| b.len() == avail_end - have_end)
-                            .ok_or(Malformed::HostError {
-                                what: "get_buffer_bytes",
-                            })?;
+                        let bytes = read_exact(buf, have_end, avail_end - have_end)?;
                         st.head.extend_from_slice(&bytes);
                         st.scan = avail_end;
                     }
@@ -582,12 +577,7 @@ impl Session {
         let st = self.dir_mut(dir);
         let have = st.head.len();
         let mut frame = std::mem::take(&mut st.head);
-        let rest = buf
-            .read(start + have, total - have)
-            .filter(|b| b.len() == total - have)
-            .ok_or(Malformed::HostError {
-                what: "get_buffer_bytes",
-            })?;
+        let rest = read_exact(buf, start + have, total - have)?;
         frame.extend_from_slice(&rest);
         let HoldAction::ClampApiVersions { version } = action;
         // ApiVersions responses always use response header v0: the body starts after the
@@ -606,11 +596,7 @@ impl Session {
         // Envoy can only drain-and-prepend at the front, so whatever precedes the frame in
         // this buffer (at most what arrived with it) is copied and written back with it.
         let mut out = if start > 0 {
-            buf.read(0, start)
-                .filter(|b| b.len() == start)
-                .ok_or(Malformed::HostError {
-                    what: "get_buffer_bytes",
-                })?
+            read_exact(buf, 0, start)?
         } else {
             Vec::new()
         };
@@ -622,6 +608,15 @@ impl Session {
         }
         Ok(frame.len())
     }
+}
+
+/// Copy exactly `len` bytes at `start` out of the host; a short or failed read is a host error.
+fn read_exact(buf: &mut dyn HostBuffer, start: usize, len: usize) -> Result<Vec<u8>, Malformed> {
+    buf.read(start, len)
+        .filter(|b| b.len() == len)
+        .ok_or(Malformed::HostError {
+            what: "get_buffer_bytes",
+        })
 }
 
 fn size_bytes(head: &[u8]) -> [u8; 4] {
