@@ -37,6 +37,93 @@ pub struct Config {
     pub on_malformed: MalformedAction,
     /// Rewrite ApiVersions responses so clients never send versions the filter can't parse.
     pub clamp_api_versions: bool,
+    /// Which metric families are on and how many label values each may take.
+    pub metrics: MetricsConfig,
+    /// Optional per-request JSON log line.
+    pub access_log: AccessLogConfig,
+}
+
+/// Metric families. Each one is a set of Prometheus series; see the README's reference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Family {
+    /// Requests/responses/bytes per API and version, latency per API.
+    Api,
+    /// Produce per topic: requests, batches, records, bytes.
+    Produce,
+    /// Fetch per topic: records and bytes returned.
+    Fetch,
+    /// Error codes per API, and per topic where the response names one.
+    Errors,
+    /// Consumer lag per topic and partition (gauge).
+    Lag,
+    /// JoinGroup/SyncGroup/Heartbeat/LeaveGroup/OffsetCommit per group.
+    Groups,
+    /// Requests per client id.
+    Clients,
+}
+
+pub const ALL_FAMILIES: &[Family] = &[
+    Family::Api,
+    Family::Produce,
+    Family::Fetch,
+    Family::Errors,
+    Family::Lag,
+    Family::Groups,
+    Family::Clients,
+];
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub families: Vec<Family>,
+    /// Distinct topic label values (process-wide); more fold into `__overflow__`.
+    pub max_topics: u32,
+    pub max_client_ids: u32,
+    pub max_groups: u32,
+    /// Distinct (topic, partition) lag series.
+    pub max_lag_partitions: u32,
+    /// Topic ids remembered from Metadata responses (process-wide, through shared data).
+    pub max_topic_ids: u32,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            families: ALL_FAMILIES.to_vec(),
+            max_topics: 1000,
+            max_client_ids: 200,
+            max_groups: 200,
+            max_lag_partitions: 2000,
+            max_topic_ids: 10_000,
+        }
+    }
+}
+
+impl MetricsConfig {
+    pub fn on(&self, f: Family) -> bool {
+        self.families.contains(&f)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct AccessLogConfig {
+    pub enabled: bool,
+    /// Fraction of requests logged, 0 < rate <= 1. Deterministic per connection: with 0.25
+    /// every 4th request is logged.
+    pub sample_rate: f64,
+}
+
+impl Eq for AccessLogConfig {}
+
+impl Default for AccessLogConfig {
+    fn default() -> Self {
+        AccessLogConfig {
+            enabled: false,
+            sample_rate: 1.0,
+        }
+    }
 }
 
 impl Default for Config {
@@ -47,6 +134,8 @@ impl Default for Config {
             max_inflight_requests: DEFAULT_MAX_INFLIGHT,
             on_malformed: MalformedAction::Close,
             clamp_api_versions: true,
+            metrics: MetricsConfig::default(),
+            access_log: AccessLogConfig::default(),
         }
     }
 }
@@ -110,6 +199,30 @@ impl Config {
         if !(1..=1_000_000).contains(&self.max_inflight_requests) {
             return Err(err(".maxInflightRequests", "must be between 1 and 1000000"));
         }
+        let m = &self.metrics;
+        for (path, v) in [
+            (".metrics.maxTopics", m.max_topics),
+            (".metrics.maxClientIds", m.max_client_ids),
+            (".metrics.maxGroups", m.max_groups),
+            (".metrics.maxLagPartitions", m.max_lag_partitions),
+            (".metrics.maxTopicIds", m.max_topic_ids),
+        ] {
+            if !(1..=100_000).contains(&v) {
+                return Err(err(path, "must be between 1 and 100000"));
+            }
+        }
+        for (i, f) in m.families.iter().enumerate() {
+            if m.families.iter().take(i).any(|g| g == f) {
+                return Err(err(&format!(".metrics.families[{i}]"), "listed twice"));
+            }
+        }
+        let rate = self.access_log.sample_rate;
+        if !(rate > 0.0 && rate <= 1.0) {
+            return Err(err(
+                ".accessLog.sampleRate",
+                "must be greater than 0 and at most 1",
+            ));
+        }
         Ok(())
     }
 }
@@ -148,5 +261,19 @@ mod tests {
         let e = Config::from_json(b"[1]").unwrap_err();
         assert_eq!(e.path, ".");
         assert!(Config::from_json(b"{").is_err());
+        let e =
+            Config::from_json(br#"{"metrics": {"families": ["produce", "bogus"]}}"#).unwrap_err();
+        assert_eq!(e.path, ".metrics.families[1]", "{e}");
+        let e = Config::from_json(br#"{"metrics": {"maxTopics": 0}}"#).unwrap_err();
+        assert_eq!(e.path, ".metrics.maxTopics", "{e}");
+        let e = Config::from_json(br#"{"metrics": {"families": ["lag", "lag"]}}"#).unwrap_err();
+        assert_eq!(e.path, ".metrics.families[1]", "{e}");
+        let e =
+            Config::from_json(br#"{"accessLog": {"enabled": true, "sampleRate": 0}}"#).unwrap_err();
+        assert_eq!(e.path, ".accessLog.sampleRate", "{e}");
+        let c = Config::from_json(br#"{"accessLog": {"enabled": true}, "metrics": {"families": ["api"], "maxTopics": 5}}"#).unwrap();
+        assert!(c.access_log.enabled && c.access_log.sample_rate == 1.0);
+        assert!(c.metrics.on(Family::Api) && !c.metrics.on(Family::Produce));
+        assert_eq!(c.metrics.max_topics, 5);
     }
 }

@@ -7,12 +7,18 @@
 
 pub mod api;
 pub mod apiversions;
+pub mod collect;
 pub mod config;
+pub mod errors;
 pub mod header;
+pub mod labels;
 pub mod reader;
 pub mod session;
+pub mod walk;
 
 #[cfg(test)]
 mod session_tests;
 #[cfg(test)]
 pub(crate) mod testutil;
+#[cfg(test)]
+mod walk_tests;

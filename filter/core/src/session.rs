@@ -28,9 +28,11 @@ use std::rc::Rc;
 
 use crate::api::{self, API_VERSIONS, PRODUCE};
 use crate::apiversions::{self, Clamp};
-use crate::config::{Config, MalformedAction};
+use crate::collect::{AccessTopics, Collector, FactSink, FetchOffsets};
+use crate::config::{Config, Family, MalformedAction};
 use crate::header::{self, RequestHeader};
-use crate::reader::DecodeError;
+use crate::reader::{DecodeError, Reader};
+use crate::walk::{self, Schema, Step, Walker};
 
 /// The host's view of one direction's connection buffer. In the filter this is
 /// `proxy_get_buffer_bytes` / `proxy_set_buffer_bytes`; in native tests an Envoy-faithful Vec.
@@ -146,8 +148,59 @@ impl Malformed {
     }
 }
 
-/// What the session saw. The glue turns these into metrics and log lines.
-pub trait Observer {
+/// One access-log record: a request and (when it has one) its response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLog {
+    pub client_id: String,
+    pub api_key: i16,
+    pub api_version: i16,
+    pub correlation_id: i32,
+    pub topics: AccessTopics,
+    pub request_bytes: u64,
+    pub response_bytes: Option<u64>,
+    pub latency_ns: Option<u64>,
+    /// First non-zero error code of the response; `Some(0)` when the response was walked and
+    /// had none; `None` when the response is not inspected or there is none (`acks=0`).
+    pub error_code: Option<i16>,
+}
+
+/// Longest client id copied into an access-log record.
+const ACCESS_CLIENT_ID_MAX: usize = 256;
+
+impl AccessLog {
+    pub fn to_json(&self) -> String {
+        let mut topics: Vec<serde_json::Value> = self
+            .topics
+            .topics
+            .iter()
+            .map(|t| serde_json::Value::from(t.as_str()))
+            .collect();
+        if self.topics.more > 0 {
+            topics.push(serde_json::Value::from(format!(
+                "+{} more",
+                self.topics.more
+            )));
+        }
+        serde_json::json!({
+            "client_id": self.client_id,
+            "api": api::api_name(self.api_key),
+            "api_key": self.api_key,
+            "api_version": self.api_version,
+            "correlation_id": self.correlation_id,
+            "topics": topics,
+            "request_bytes": self.request_bytes,
+            "response_bytes": self.response_bytes,
+            "latency_ms": self.latency_ns.map(|n| n as f64 / 1e6),
+            "error_code": self.error_code,
+            "error": self.error_code.map(crate::errors::error_name),
+        })
+        .to_string()
+    }
+}
+
+/// What the session saw. The glue turns these into metrics and log lines. The per-topic
+/// facts from walked bodies arrive through the [`FactSink`] supertrait.
+pub trait Observer: FactSink {
     fn request(&mut self, _header: &RequestHeader<'_>, _frame_bytes: u64) {}
     fn response(&mut self, _api_key: i16, _api_version: i16, _frame_bytes: u64, _latency_ns: u64) {}
     fn unknown_api(&mut self, _api_key: i16, _api_version: i16) {}
@@ -157,18 +210,52 @@ pub trait Observer {
     fn api_versions_clamped(&mut self, _clamps: &[Clamp]) {}
     fn rewrite_skipped(&mut self, _api_key: i16, _frame_bytes: u64) {}
     fn malformed(&mut self, _dir: Direction, _what: &Malformed, _action: MalformedAction) {}
+    fn access_log(&mut self, _entry: &AccessLog) {}
 }
 
 /// An observer that ignores everything (tests, benchmarks).
 pub struct NoopObserver;
+impl FactSink for NoopObserver {}
 impl Observer for NoopObserver {}
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct InFlight {
     correlation_id: i32,
     api_key: i16,
     api_version: i16,
     sent_ns: u64,
+    access: Option<Box<AccessLog>>,
+}
+
+/// The streaming walk of one frame's body (see [`crate::walk`]).
+#[derive(Debug)]
+struct WalkState {
+    walker: Walker,
+    collector: Collector,
+    /// Bytes copied out of the host and not yet consumed by the walker.
+    carry: Vec<u8>,
+    /// Bytes the walker asked to skip, not yet passed.
+    skip: u64,
+    /// Frame bytes not yet copied or skipped.
+    remaining: u64,
+    window: usize,
+    /// The access-log record finished when this frame's walk ends.
+    access: Option<Box<AccessLog>>,
+    /// Request side: whether a response is expected (the record then goes to the queue).
+    expects_response: bool,
+    correlation_id: i32,
+}
+
+struct WalkPlan {
+    schema: &'static Schema,
+    api_key: i16,
+    version: i16,
+    header_tags: bool,
+    /// Offset in the head where the body starts.
+    body_at: usize,
+    access: Option<Box<AccessLog>>,
+    expects_response: bool,
+    correlation_id: i32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,6 +276,8 @@ enum Phase {
         total: usize,
         action: HoldAction,
     },
+    /// Walking the body of the current frame ([`DirState::walk`]); bytes stream through.
+    Walk,
     /// Given up on parsing: relay untouched.
     Bypass,
 }
@@ -200,6 +289,8 @@ const HEAD_INITIAL: usize = 128;
 /// transactional_id fit. Anything longer is malformed.
 pub const HEAD_MAX: usize = 4 + 8 + 2 + 32_767 + 6 + 32_767 + 2 + 64;
 const RESPONSE_HEAD: usize = 8;
+/// Bytes copied per walk read at first; grows ×4 up to [`HEAD_MAX`] for long strings.
+const WALK_WINDOW: usize = 128;
 /// Recent `acks=0` correlation ids remembered, in case the broker answers them anyway.
 const ACKS0_RING: usize = 64;
 
@@ -211,6 +302,7 @@ struct DirState {
     /// The head of the current frame (size prefix included), reused between frames.
     head: Vec<u8>,
     window: usize,
+    walk: Option<WalkState>,
 }
 
 impl DirState {
@@ -220,6 +312,7 @@ impl DirState {
             scan: 0,
             head: Vec::new(),
             window: 0,
+            walk: None,
         };
         st.window = st.initial_window(dir);
         st
@@ -238,6 +331,7 @@ impl DirState {
         self.phase = Phase::Head { start: at };
         self.head.clear();
         self.window = self.initial_window(dir);
+        self.walk = None;
     }
 }
 
@@ -245,6 +339,7 @@ enum HeadOutcome {
     NeedMore,
     Pass,
     Hold(HoldAction),
+    Walk(Box<WalkPlan>),
     Malformed(Malformed),
 }
 
@@ -258,19 +353,43 @@ pub struct Session {
     /// (tansu 0.6 does). A fixed-size ring lets such an answer be recognised and relayed
     /// instead of being taken for a correlation mismatch, without unbounded state.
     acks0_recent: VecDeque<i32>,
+    /// Last fetch offset per (topic, partition), for the lag gauge.
+    fetch_offsets: FetchOffsets,
+    /// Access-log sampling accumulator.
+    sample_acc: f64,
+    /// Whether any request / response bodies are walked at all under this config.
+    walk_requests: bool,
+    walk_responses: bool,
     closed: bool,
 }
 
 impl Session {
     pub fn new(cfg: Rc<Config>) -> Self {
+        let walks = cfg_walks(&cfg);
         Session {
             cfg,
             req: DirState::new(Direction::Request),
             resp: DirState::new(Direction::Response),
             inflight: VecDeque::new(),
             acks0_recent: VecDeque::with_capacity(ACKS0_RING),
+            fetch_offsets: FetchOffsets::default(),
+            sample_acc: 0.0,
+            walk_requests: false,
+            walk_responses: false,
             closed: false,
         }
+        .with_walks(walks)
+    }
+
+    fn with_walks(mut self, (req, resp): (bool, bool)) -> Self {
+        self.walk_requests = req;
+        self.walk_responses = resp;
+        self
+    }
+
+    /// Entries in the fetch-offset table (bounded by `metrics.maxLagPartitions`).
+    pub fn fetch_offsets(&self) -> usize {
+        self.fetch_offsets.len()
     }
 
     /// Requests awaiting their response.
@@ -304,7 +423,7 @@ impl Session {
         let pending = match st.phase {
             Phase::Head { .. } => !st.head.is_empty(),
             Phase::Hold { .. } => true,
-            Phase::Skip { .. } | Phase::Bypass => false,
+            Phase::Skip { .. } | Phase::Walk | Phase::Bypass => false,
         };
         if pending && !end_of_stream {
             return Verdict::Pause;
@@ -313,7 +432,7 @@ impl Session {
         st.scan = 0;
         match st.phase {
             Phase::Head { .. } | Phase::Hold { .. } => st.next_frame(dir, 0),
-            Phase::Skip { .. } | Phase::Bypass => {}
+            Phase::Skip { .. } | Phase::Walk | Phase::Bypass => {}
         }
         Verdict::Continue
     }
@@ -331,6 +450,8 @@ impl Session {
         self.inflight.clear();
         self.req.phase = Phase::Bypass;
         self.resp.phase = Phase::Bypass;
+        self.req.walk = None;
+        self.resp.walk = None;
         match action {
             MalformedAction::Close => {
                 self.closed = true;
@@ -354,6 +475,11 @@ impl Session {
             let phase = self.dir_mut(dir).phase;
             match phase {
                 Phase::Bypass => return Ok(()),
+                Phase::Walk => {
+                    if !self.drive_walk(dir, buf, *len, obs)? {
+                        return Ok(()); // the walk needs bytes that have not arrived yet
+                    }
+                }
                 Phase::Skip { remaining } => {
                     let st = self.dir_mut(dir);
                     let avail = len.saturating_sub(st.scan) as u64;
@@ -427,6 +553,36 @@ impl Session {
                             st.head.clear();
                             st.window = st.initial_window(dir);
                         }
+                        HeadOutcome::Walk(plan) => {
+                            let carry = st.head.get(plan.body_at..).unwrap_or(&[]).to_vec();
+                            let remaining = (total - st.head.len()) as u64;
+                            let info = api::api_info(plan.api_key);
+                            let flexible = info.is_some_and(|a| a.is_flexible(plan.version));
+                            let request = dir == Direction::Request;
+                            st.walk = Some(WalkState {
+                                walker: Walker::new(
+                                    plan.schema,
+                                    plan.version,
+                                    flexible,
+                                    plan.header_tags,
+                                ),
+                                collector: Collector::new(
+                                    plan.api_key,
+                                    request,
+                                    request && plan.access.is_some(),
+                                ),
+                                carry,
+                                skip: 0,
+                                remaining,
+                                window: WALK_WINDOW,
+                                access: plan.access,
+                                expects_response: plan.expects_response,
+                                correlation_id: plan.correlation_id,
+                            });
+                            st.head.clear();
+                            st.window = st.initial_window(dir);
+                            st.phase = Phase::Walk;
+                        }
                         HeadOutcome::Hold(action) => {
                             st.phase = Phase::Hold {
                                 start,
@@ -475,6 +631,7 @@ impl Session {
             Ok(x) => x,
             Err(e) => return decode_err(None, e),
         };
+        let body_at = 4 + body.len().saturating_sub(rest.remaining());
         let mut expects_response = true;
         if hdr.api_key == PRODUCE && hdr.version_known {
             match header::produce_acks(&hdr, rest) {
@@ -493,20 +650,80 @@ impl Session {
                 self.acks0_recent.pop_front();
             }
             self.acks0_recent.push_back(hdr.correlation_id);
-            return HeadOutcome::Pass;
-        }
-        if self.inflight.len() >= self.cfg.max_inflight_requests as usize {
+        } else if self.inflight.len() >= self.cfg.max_inflight_requests as usize {
             return HeadOutcome::Malformed(Malformed::InflightOverflow {
                 limit: self.cfg.max_inflight_requests,
             });
         }
-        self.inflight.push_back(InFlight {
-            correlation_id: hdr.correlation_id,
-            api_key: hdr.api_key,
-            api_version: hdr.api_version,
-            sent_ns: now_ns,
+        let access = self.sample().then(|| {
+            let mut client_id = String::from_utf8_lossy(hdr.client_id.unwrap_or(b"")).into_owned();
+            if client_id.len() > ACCESS_CLIENT_ID_MAX {
+                let mut cut = ACCESS_CLIENT_ID_MAX;
+                while !client_id.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                client_id.truncate(cut);
+            }
+            Box::new(AccessLog {
+                client_id,
+                api_key: hdr.api_key,
+                api_version: hdr.api_version,
+                correlation_id: hdr.correlation_id,
+                topics: AccessTopics::default(),
+                request_bytes: total as u64,
+                response_bytes: None,
+                latency_ns: None,
+                error_code: None,
+            })
         });
-        HeadOutcome::Pass
+        let schema = if self.walk_requests && hdr.version_known {
+            walk::request_schema(hdr.api_key, hdr.api_version)
+        } else {
+            None
+        };
+        let (queued_access, walk_access) = match schema {
+            Some(_) => (None, access),
+            None => (access, None),
+        };
+        if expects_response {
+            self.inflight.push_back(InFlight {
+                correlation_id: hdr.correlation_id,
+                api_key: hdr.api_key,
+                api_version: hdr.api_version,
+                sent_ns: now_ns,
+                access: queued_access,
+            });
+        } else if let Some(a) = queued_access {
+            obs.access_log(&a); // acks=0 and not walked: nothing more will be learned
+        }
+        match schema {
+            Some(schema) => HeadOutcome::Walk(Box::new(WalkPlan {
+                schema,
+                api_key: hdr.api_key,
+                version: hdr.api_version,
+                header_tags: false,
+                body_at,
+                access: walk_access,
+                expects_response,
+                correlation_id: hdr.correlation_id,
+            })),
+            None => HeadOutcome::Pass,
+        }
+    }
+
+    /// Deterministic access-log sampling: with rate r, one request in every 1/r.
+    fn sample(&mut self) -> bool {
+        let cfg = &self.cfg.access_log;
+        if !cfg.enabled {
+            return false;
+        }
+        self.sample_acc += cfg.sample_rate;
+        if self.sample_acc >= 1.0 - 1e-9 {
+            self.sample_acc -= 1.0;
+            true
+        } else {
+            false
+        }
     }
 
     fn on_response_head(
@@ -546,12 +763,35 @@ impl Session {
                 got: correlation_id,
             });
         }
-        obs.response(
-            req.api_key,
-            req.api_version,
-            total as u64,
-            now_ns.saturating_sub(req.sent_ns),
-        );
+        let latency_ns = now_ns.saturating_sub(req.sent_ns);
+        obs.response(req.api_key, req.api_version, total as u64, latency_ns);
+        let mut access = req.access;
+        if let Some(a) = access.as_mut() {
+            a.response_bytes = Some(total as u64);
+            a.latency_ns = Some(latency_ns);
+        }
+        let schema = if self.walk_responses {
+            walk::response_schema(req.api_key, req.api_version)
+        } else {
+            None
+        };
+        if let Some(schema) = schema {
+            let header_tags = api::api_info(req.api_key)
+                .is_some_and(|a| a.response_header_version(req.api_version) >= 1);
+            return HeadOutcome::Walk(Box::new(WalkPlan {
+                schema,
+                api_key: req.api_key,
+                version: req.api_version,
+                header_tags,
+                body_at: RESPONSE_HEAD,
+                access,
+                expects_response: false,
+                correlation_id,
+            }));
+        }
+        if let Some(a) = access {
+            obs.access_log(&a);
+        }
         if req.api_key == API_VERSIONS && self.cfg.clamp_api_versions {
             if total > self.cfg.max_buffered_frame_bytes as usize {
                 obs.rewrite_skipped(req.api_key, total as u64);
@@ -562,6 +802,131 @@ impl Session {
             });
         }
         HeadOutcome::Pass
+    }
+
+    /// Advance the current frame's walk over the bytes available. `Ok(true)` when the frame
+    /// is finished with (the phase has moved on), `Ok(false)` when more bytes are needed.
+    fn drive_walk(
+        &mut self,
+        dir: Direction,
+        buf: &mut dyn HostBuffer,
+        len: usize,
+        obs: &mut dyn Observer,
+    ) -> Result<bool, Malformed> {
+        let lag_cap = if self.cfg.metrics.on(Family::Lag) {
+            self.cfg.metrics.max_lag_partitions as usize
+        } else {
+            0
+        };
+        let (st, offsets) = match dir {
+            Direction::Request => (&mut self.req, &mut self.fetch_offsets),
+            Direction::Response => (&mut self.resp, &mut self.fetch_offsets),
+        };
+        let Some(ws) = st.walk.as_mut() else {
+            st.phase = Phase::Skip { remaining: 0 };
+            return Ok(true);
+        };
+        let api_key = ws.collector_api();
+        let body_err = |error: DecodeError| Malformed::Decode {
+            api_key: Some(api_key),
+            error,
+        };
+        loop {
+            if ws.skip > 0 {
+                let from_carry = ws.skip.min(ws.carry.len() as u64) as usize;
+                ws.carry.drain(..from_carry);
+                ws.skip -= from_carry as u64;
+                if ws.skip > ws.remaining {
+                    return Err(body_err(DecodeError::Invalid {
+                        field: "field length",
+                        reason: "runs past the end of the frame",
+                    }));
+                }
+                let avail = len.saturating_sub(st.scan) as u64;
+                let n = ws.skip.min(avail);
+                st.scan += n as usize;
+                ws.remaining -= n;
+                ws.skip -= n;
+                if ws.skip > 0 {
+                    return Ok(false);
+                }
+            }
+            if ws.walker.is_done() {
+                break;
+            }
+            let mut r = Reader::new(&ws.carry);
+            let collector = &mut ws.collector;
+            let obs_sink: &mut dyn FactSink = obs;
+            let res = ws.walker.step(&mut r, &mut |ev| {
+                collector.on(ev, offsets, lag_cap, obs_sink);
+            });
+            match res {
+                Ok(step) => {
+                    let used = r.position();
+                    ws.carry.drain(..used);
+                    match step {
+                        Step::Advanced => {}
+                        Step::Skip(n) => ws.skip = n,
+                        Step::Done => {}
+                    }
+                }
+                Err(e) if e.is_truncated() => {
+                    if ws.remaining == 0 {
+                        return Err(body_err(e));
+                    }
+                    if ws.carry.len() >= ws.window {
+                        if ws.window >= HEAD_MAX {
+                            return Err(body_err(DecodeError::Invalid {
+                                field: "field",
+                                reason: "longer than the walk limit",
+                            }));
+                        }
+                        ws.window = ws.window.saturating_mul(4).min(HEAD_MAX);
+                    }
+                    let avail = len.saturating_sub(st.scan) as u64;
+                    let want = (ws.window - ws.carry.len()) as u64;
+                    let n = want.min(ws.remaining).min(avail) as usize;
+                    if n == 0 {
+                        return Ok(false);
+                    }
+                    let bytes = read_exact(buf, st.scan, n)?;
+                    ws.carry.extend_from_slice(&bytes);
+                    st.scan += n;
+                    ws.remaining -= n as u64;
+                }
+                Err(e) => return Err(body_err(e)),
+            }
+        }
+        // The walk is over: whatever of the frame is left streams through unread.
+        let remaining = ws.remaining;
+        let finished = st.walk.take();
+        st.phase = Phase::Skip { remaining };
+        if let Some(ws) = finished {
+            self.finish_walk(ws, obs);
+        }
+        Ok(true)
+    }
+
+    fn finish_walk(&mut self, ws: WalkState, obs: &mut dyn Observer) {
+        let Some(mut access) = ws.access else { return };
+        if let Some(topics) = ws.collector.access {
+            // Request side: the topics go with the queued request to its response.
+            access.topics = topics;
+            if ws.expects_response {
+                if let Some(q) = self
+                    .inflight
+                    .iter_mut()
+                    .rev()
+                    .find(|q| q.correlation_id == ws.correlation_id)
+                {
+                    q.access = Some(access);
+                }
+                return;
+            }
+        } else {
+            access.error_code = Some(ws.collector.first_error);
+        }
+        obs.access_log(&access);
     }
 
     /// Replace the complete frame at `[start, start + total)`; returns its new length.
@@ -608,6 +973,25 @@ impl Session {
         }
         Ok(frame.len())
     }
+}
+
+impl WalkState {
+    fn collector_api(&self) -> i16 {
+        self.collector.api_key()
+    }
+}
+
+/// Which directions' bodies this config needs walked.
+fn cfg_walks(cfg: &Config) -> (bool, bool) {
+    let m = &cfg.metrics;
+    let log = cfg.access_log.enabled;
+    let req = log || m.on(Family::Produce) || m.on(Family::Lag) || m.on(Family::Groups);
+    let resp = log
+        || m.on(Family::Fetch)
+        || m.on(Family::Errors)
+        || m.on(Family::Lag)
+        || m.on(Family::Produce);
+    (req, resp)
 }
 
 /// Copy exactly `len` bytes at `start` out of the host; a short or failed read is a host error.

@@ -1,0 +1,735 @@
+//! A streaming walk of Kafka message bodies, driven by small static schemas.
+//!
+//! The walker never sees a whole frame. It is handed the bytes at its current position (a
+//! small window the session copies out of the host) and does one *step*: one primitive
+//! field, one length prefix, one array count, one tagged-field header or one record-batch
+//! header. A step either succeeds completely (state advanced, events emitted) or fails with
+//! [`DecodeError::Truncated`] having changed nothing, so the session can fetch more bytes and
+//! retry. Fields nobody asked for (record payloads, unreported strings, tagged fields) are
+//! returned as [`Step::Skip`] so their bytes stream through without ever being copied into
+//! the VM. This is the model of Envoy's `contrib/kafka` parsers (a chain of small
+//! deserializers that say "need more" or "done"), with Kroxylicious' rule that only what a
+//! feature asks for is decoded.
+//!
+//! Layouts follow Kafka's message specs (`clients/src/main/resources/common/message/*.json`)
+//! as generated into tychedelia/kafka-protocol-rs 0.18 (`src/messages/*.rs`, the `decode`
+//! functions' `if version >= N` branches); the tests walk kafka-protocol's own encodings of
+//! every schema at every version and compare.
+//!
+//! Arrays are only counted, never allocated: a count is a loop bound and a wrong count runs
+//! into the frame end, which the session turns into a malformed-frame verdict.
+
+use crate::api;
+use crate::reader::{DecodeError, DecodeResult, Reader};
+
+/// What a field means to the collector. `Skip` fields are walked over and not reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum F {
+    Skip,
+    TransactionalId,
+    Acks,
+    Topics,
+    Topic,
+    TopicId,
+    Partitions,
+    Partition,
+    Records,
+    /// A partition-level (or per-item) error code.
+    ErrorCode,
+    /// A message-level error code.
+    TopErrorCode,
+    HighWatermark,
+    FetchOffset,
+    GroupId,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Ty {
+    I8,
+    I16,
+    I32,
+    I64,
+    Uuid,
+    /// STRING / NULLABLE_STRING, compact in flexible versions.
+    Str,
+    /// BYTES / NULLABLE_BYTES, skipped.
+    Bytes,
+    /// NULLABLE_BYTES holding record batches: walked batch header by batch header.
+    Records,
+    /// An array of structs.
+    Array(&'static [Field]),
+    /// An array of int32 / int64, skipped whole.
+    I32Array,
+    I64Array,
+    /// Nothing after this point is needed: the walk ends, the rest of the frame streams.
+    Stop,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Field {
+    pub id: F,
+    pub ty: Ty,
+    pub min: i16,
+    pub max: i16,
+}
+
+const fn f(id: F, ty: Ty, min: i16) -> Field {
+    Field {
+        id,
+        ty,
+        min,
+        max: i16::MAX,
+    }
+}
+
+const fn fr(id: F, ty: Ty, min: i16, max: i16) -> Field {
+    Field { id, ty, min, max }
+}
+
+/// A message body layout and the lowest version it describes.
+#[derive(Debug)]
+pub struct Schema {
+    pub min_version: i16,
+    pub fields: &'static [Field],
+}
+
+/// Bytes of a v2 record batch header (KIP-98): baseOffset 8, batchLength 4,
+/// partitionLeaderEpoch 4, magic 1, crc 4, attributes 2, lastOffsetDelta 4, baseTimestamp 8,
+/// maxTimestamp 8, producerId 8, producerEpoch 2, baseSequence 4, recordsCount 4.
+pub const BATCH_HEADER: usize = 61;
+/// batchLength counts the bytes after baseOffset and batchLength themselves.
+const BATCH_LOG_OVERHEAD: u64 = 12;
+const MAGIC_OFFSET: usize = 16;
+const ATTRIBUTES_OFFSET: usize = 21;
+const RECORDS_COUNT_OFFSET: usize = 57;
+
+use Ty::*;
+use F::*;
+
+// ---- Produce (api 0), v3+ ------------------------------------------------------------------
+static PRODUCE_REQ_PART: &[Field] = &[f(Partition, I32, 0), f(F::Records, Ty::Records, 0)];
+static PRODUCE_REQ_TOPIC: &[Field] = &[
+    fr(Topic, Str, 0, 12),
+    f(TopicId, Uuid, 13),
+    f(Partitions, Array(PRODUCE_REQ_PART), 0),
+];
+static PRODUCE_REQ: &[Field] = &[
+    f(TransactionalId, Str, 3),
+    f(Acks, I16, 0),
+    f(Skip, I32, 0), // timeout_ms
+    f(Topics, Array(PRODUCE_REQ_TOPIC), 0),
+];
+static PRODUCE_RECORD_ERR: &[Field] = &[f(Skip, I32, 0), f(Skip, Str, 0)];
+static PRODUCE_RESP_PART: &[Field] = &[
+    f(Partition, I32, 0),
+    f(ErrorCode, I16, 0),
+    f(Skip, I64, 0), // base_offset
+    f(Skip, I64, 2), // log_append_time_ms
+    f(Skip, I64, 5), // log_start_offset
+    f(Skip, Array(PRODUCE_RECORD_ERR), 8),
+    f(Skip, Str, 8), // error_message
+];
+static PRODUCE_RESP_TOPIC: &[Field] = &[
+    fr(Topic, Str, 0, 12),
+    f(TopicId, Uuid, 13),
+    f(Partitions, Array(PRODUCE_RESP_PART), 0),
+];
+static PRODUCE_RESP: &[Field] = &[
+    f(Topics, Array(PRODUCE_RESP_TOPIC), 0),
+    f(Skip, I32, 1), // throttle_time_ms
+];
+
+// ---- Fetch (api 1), v4+ --------------------------------------------------------------------
+static FETCH_REQ_PART: &[Field] = &[
+    f(Partition, I32, 0),
+    f(Skip, I32, 9), // current_leader_epoch
+    f(FetchOffset, I64, 0),
+    f(Skip, I32, 12), // last_fetched_epoch
+    f(Skip, I64, 5),  // log_start_offset
+    f(Skip, I32, 0),  // partition_max_bytes
+];
+static FETCH_REQ_TOPIC: &[Field] = &[
+    fr(Topic, Str, 0, 12),
+    f(TopicId, Uuid, 13),
+    f(Partitions, Array(FETCH_REQ_PART), 0),
+];
+static FETCH_REQ: &[Field] = &[
+    fr(Skip, I32, 0, 14), // replica_id
+    f(Skip, I32, 0),      // max_wait_ms
+    f(Skip, I32, 0),      // min_bytes
+    f(Skip, I32, 3),      // max_bytes
+    f(Skip, I8, 4),       // isolation_level
+    f(Skip, I32, 7),      // session_id
+    f(Skip, I32, 7),      // session_epoch
+    f(Topics, Array(FETCH_REQ_TOPIC), 0),
+    f(Skip, Stop, 0), // forgotten_topics_data, rack_id: not needed
+];
+static FETCH_ABORTED: &[Field] = &[f(Skip, I64, 0), f(Skip, I64, 0)];
+static FETCH_RESP_PART: &[Field] = &[
+    f(Partition, I32, 0),
+    f(ErrorCode, I16, 0),
+    f(HighWatermark, I64, 0),
+    f(Skip, I64, 4), // last_stable_offset
+    f(Skip, I64, 5), // log_start_offset
+    f(Skip, Array(FETCH_ABORTED), 4),
+    f(Skip, I32, 11), // preferred_read_replica
+    f(F::Records, Ty::Records, 0),
+];
+static FETCH_RESP_TOPIC: &[Field] = &[
+    fr(Topic, Str, 0, 12),
+    f(TopicId, Uuid, 13),
+    f(Partitions, Array(FETCH_RESP_PART), 0),
+];
+static FETCH_RESP: &[Field] = &[
+    f(Skip, I32, 1), // throttle_time_ms
+    f(TopErrorCode, I16, 7),
+    f(Skip, I32, 7), // session_id
+    f(Topics, Array(FETCH_RESP_TOPIC), 0),
+];
+
+// ---- Metadata (api 3), v0+: topic errors and the topic-id map ------------------------------
+static METADATA_BROKER: &[Field] = &[
+    f(Skip, I32, 0), // node_id
+    f(Skip, Str, 0), // host
+    f(Skip, I32, 0), // port
+    f(Skip, Str, 1), // rack
+];
+static METADATA_PART: &[Field] = &[
+    f(Skip, I16, 0), // error_code (partition)
+    f(Skip, I32, 0), // partition_index
+    f(Skip, I32, 0), // leader_id
+    f(Skip, I32, 7), // leader_epoch
+    f(Skip, I32Array, 0),
+    f(Skip, I32Array, 0),
+    f(Skip, I32Array, 5),
+];
+static METADATA_TOPIC: &[Field] = &[
+    f(ErrorCode, I16, 0),
+    f(Topic, Str, 0),
+    f(TopicId, Uuid, 10),
+    f(Skip, I8, 1), // is_internal
+    f(Skip, Array(METADATA_PART), 0),
+    f(Skip, I32, 8), // topic_authorized_operations
+];
+static METADATA_RESP: &[Field] = &[
+    f(Skip, I32, 3), // throttle_time_ms
+    f(Skip, Array(METADATA_BROKER), 0),
+    f(Skip, Str, 2), // cluster_id
+    f(Skip, I32, 1), // controller_id
+    f(Topics, Array(METADATA_TOPIC), 0),
+    fr(Skip, I32, 8, 10), // cluster_authorized_operations
+    f(TopErrorCode, I16, 13),
+];
+
+// ---- Consumer groups: the group id leads every request --------------------------------------
+static GROUP_REQ: &[Field] = &[f(GroupId, Str, 0), f(Skip, Stop, 0)];
+static JOIN_GROUP_RESP: &[Field] = &[f(Skip, I32, 2), f(TopErrorCode, I16, 0), f(Skip, Stop, 0)];
+/// SyncGroup, Heartbeat, LeaveGroup: throttle from v1, then the error code.
+static GROUP_RESP: &[Field] = &[f(Skip, I32, 1), f(TopErrorCode, I16, 0), f(Skip, Stop, 0)];
+static OFFSET_COMMIT_RESP_PART: &[Field] = &[f(Partition, I32, 0), f(ErrorCode, I16, 0)];
+static OFFSET_COMMIT_RESP_TOPIC: &[Field] = &[
+    fr(Topic, Str, 0, 9),
+    f(TopicId, Uuid, 10),
+    f(Partitions, Array(OFFSET_COMMIT_RESP_PART), 0),
+];
+static OFFSET_COMMIT_RESP: &[Field] = &[
+    f(Skip, I32, 3),
+    f(Topics, Array(OFFSET_COMMIT_RESP_TOPIC), 0),
+];
+
+// ---- Others with a simple error layout -----------------------------------------------------
+static FIND_COORDINATOR_ITEM: &[Field] = &[
+    f(Skip, Str, 0), // key
+    f(Skip, I32, 0), // node_id
+    f(Skip, Str, 0), // host
+    f(Skip, I32, 0), // port
+    f(ErrorCode, I16, 0),
+    f(Skip, Str, 0), // error_message
+];
+static FIND_COORDINATOR_RESP: &[Field] = &[
+    f(Skip, I32, 1),
+    fr(TopErrorCode, I16, 0, 3),
+    fr(Skip, Stop, 0, 3),
+    f(Skip, Array(FIND_COORDINATOR_ITEM), 4),
+];
+static INIT_PRODUCER_ID_RESP: &[Field] =
+    &[f(Skip, I32, 0), f(TopErrorCode, I16, 0), f(Skip, Stop, 0)];
+static DELETE_TOPICS_ITEM: &[Field] = &[
+    f(Topic, Str, 0),
+    f(TopicId, Uuid, 6),
+    f(ErrorCode, I16, 0),
+    f(Skip, Str, 5),
+];
+static DELETE_TOPICS_RESP: &[Field] = &[f(Skip, I32, 0), f(Topics, Array(DELETE_TOPICS_ITEM), 0)];
+static LIST_OFFSETS_PART: &[Field] = &[
+    f(Partition, I32, 0),
+    f(ErrorCode, I16, 0),
+    f(Skip, I64, 1), // timestamp
+    f(Skip, I64, 1), // offset
+    f(Skip, I32, 4), // leader_epoch
+];
+static LIST_OFFSETS_TOPIC: &[Field] =
+    &[f(Topic, Str, 0), f(Partitions, Array(LIST_OFFSETS_PART), 0)];
+static LIST_OFFSETS_RESP: &[Field] = &[f(Skip, I32, 2), f(Topics, Array(LIST_OFFSETS_TOPIC), 0)];
+
+const fn schema(min_version: i16, fields: &'static [Field]) -> Schema {
+    Schema {
+        min_version,
+        fields,
+    }
+}
+
+static S_PRODUCE_REQ: Schema = schema(3, PRODUCE_REQ);
+static S_PRODUCE_RESP: Schema = schema(3, PRODUCE_RESP);
+static S_FETCH_REQ: Schema = schema(4, FETCH_REQ);
+static S_FETCH_RESP: Schema = schema(4, FETCH_RESP);
+static S_METADATA_RESP: Schema = schema(0, METADATA_RESP);
+static S_GROUP_REQ: Schema = schema(0, GROUP_REQ);
+static S_OFFSET_COMMIT_REQ: Schema = schema(2, GROUP_REQ);
+static S_JOIN_GROUP_RESP: Schema = schema(0, JOIN_GROUP_RESP);
+static S_GROUP_RESP: Schema = schema(0, GROUP_RESP);
+static S_OFFSET_COMMIT_RESP: Schema = schema(2, OFFSET_COMMIT_RESP);
+static S_FIND_COORDINATOR_RESP: Schema = schema(0, FIND_COORDINATOR_RESP);
+static S_INIT_PRODUCER_ID_RESP: Schema = schema(0, INIT_PRODUCER_ID_RESP);
+static S_DELETE_TOPICS_RESP: Schema = schema(1, DELETE_TOPICS_RESP);
+static S_LIST_OFFSETS_RESP: Schema = schema(1, LIST_OFFSETS_RESP);
+
+pub const JOIN_GROUP: i16 = 11;
+pub const HEARTBEAT: i16 = 12;
+pub const LEAVE_GROUP: i16 = 13;
+pub const SYNC_GROUP: i16 = 14;
+pub const OFFSET_COMMIT: i16 = 8;
+
+/// The request body schema for (api, version), if the filter walks that request.
+pub fn request_schema(api_key: i16, version: i16) -> Option<&'static Schema> {
+    let s = match api_key {
+        api::PRODUCE => &S_PRODUCE_REQ,
+        api::FETCH => &S_FETCH_REQ,
+        JOIN_GROUP | HEARTBEAT | LEAVE_GROUP | SYNC_GROUP => &S_GROUP_REQ,
+        OFFSET_COMMIT => &S_OFFSET_COMMIT_REQ,
+        _ => return None,
+    };
+    usable(s, api_key, version)
+}
+
+/// The response body schema for (api, version), if the filter walks that response.
+pub fn response_schema(api_key: i16, version: i16) -> Option<&'static Schema> {
+    let s = match api_key {
+        api::PRODUCE => &S_PRODUCE_RESP,
+        api::FETCH => &S_FETCH_RESP,
+        api::METADATA => &S_METADATA_RESP,
+        JOIN_GROUP => &S_JOIN_GROUP_RESP,
+        HEARTBEAT | LEAVE_GROUP | SYNC_GROUP => &S_GROUP_RESP,
+        OFFSET_COMMIT => &S_OFFSET_COMMIT_RESP,
+        10 => &S_FIND_COORDINATOR_RESP,
+        22 => &S_INIT_PRODUCER_ID_RESP,
+        20 => &S_DELETE_TOPICS_RESP,
+        2 => &S_LIST_OFFSETS_RESP,
+        _ => return None,
+    };
+    usable(s, api_key, version)
+}
+
+fn usable(s: &'static Schema, api_key: i16, version: i16) -> Option<&'static Schema> {
+    let max = api::api_info(api_key)?.max_version;
+    (version >= s.min_version && version <= max).then_some(s)
+}
+
+/// A record batch header seen inside a `Records` field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batch {
+    /// Bytes of the batch present in this field (all of it unless `complete` is false).
+    pub bytes: u64,
+    /// `recordsCount` of a v2 batch; 0 for legacy message sets and partial batches.
+    pub records: u32,
+    /// The magic byte (2 for current batches), -1 when too short to tell.
+    pub magic: i8,
+    /// Batch attributes (compression codec in the low 3 bits), v2 only.
+    pub attributes: i16,
+    /// False for the truncated last batch a Fetch response may end with (the client drops it).
+    pub complete: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event<'a> {
+    Int(F, i64),
+    Str(F, Option<&'a [u8]>),
+    Uuid(F, [u8; 16]),
+    /// An element of array `F` starts / ends.
+    Begin(F),
+    End(F),
+    Batch(Batch),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Consumed what the reader advanced over; call again.
+    Advanced,
+    /// Consumed what the reader advanced over, and the next `n` bytes are to be skipped
+    /// unread. Call again after skipping.
+    Skip(u64),
+    /// The walk is over; the rest of the frame (if any) is not needed.
+    Done,
+}
+
+const MAX_DEPTH: usize = 5;
+
+#[derive(Debug, Clone, Copy)]
+struct Level {
+    fields: &'static [Field],
+    idx: usize,
+    left: u32,
+    id: F,
+    tags_done: bool,
+}
+
+const EMPTY_LEVEL: Level = Level {
+    fields: &[],
+    idx: 0,
+    left: 0,
+    id: F::Skip,
+    tags_done: true,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// The response header's tagged fields (response header v1) come first.
+    HeaderTags,
+    Fields,
+    Tags {
+        left: u32,
+    },
+    Records {
+        left: u64,
+    },
+    Done,
+}
+
+/// The walk state of one frame. Small and `Copy`-sized: a handful of words.
+#[derive(Debug, Clone)]
+pub struct Walker {
+    version: i16,
+    flexible: bool,
+    stack: [Level; MAX_DEPTH],
+    depth: usize,
+    mode: Mode,
+}
+
+type Emit<'e, 'a> = &'e mut dyn FnMut(Event<'a>);
+
+impl Walker {
+    /// `header_tags`: the walk starts at response header v1's tagged fields.
+    pub fn new(schema: &'static Schema, version: i16, flexible: bool, header_tags: bool) -> Self {
+        let mut stack = [EMPTY_LEVEL; MAX_DEPTH];
+        if let Some(top) = stack.first_mut() {
+            *top = Level {
+                fields: schema.fields,
+                idx: 0,
+                left: 1,
+                id: F::Skip,
+                tags_done: false,
+            };
+        }
+        Walker {
+            version,
+            flexible,
+            stack,
+            depth: 1,
+            mode: if header_tags {
+                Mode::HeaderTags
+            } else {
+                Mode::Fields
+            },
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.mode == Mode::Done
+    }
+
+    /// One step over the bytes at the walk's position. On `Err` nothing changed.
+    pub fn step<'a>(&mut self, r: &mut Reader<'a>, emit: Emit<'_, 'a>) -> DecodeResult<Step> {
+        match self.mode {
+            Mode::Done => Ok(Step::Done),
+            Mode::HeaderTags => {
+                let n = r.uvarint("response_header.tagged_fields")?;
+                self.mode = Mode::Tags { left: n };
+                Ok(Step::Advanced)
+            }
+            Mode::Tags { left: 0 } => {
+                self.mode = Mode::Fields;
+                Ok(Step::Advanced)
+            }
+            Mode::Tags { left } => {
+                let _tag = r.uvarint("tagged_field.tag")?;
+                let size = r.uvarint("tagged_field.size")?;
+                self.mode = Mode::Tags { left: left - 1 };
+                Ok(Step::Skip(u64::from(size)))
+            }
+            Mode::Records { left: 0 } => {
+                self.mode = Mode::Fields;
+                Ok(Step::Advanced)
+            }
+            Mode::Records { left } => self.batch(r, left, emit),
+            Mode::Fields => self.field(r, emit),
+        }
+    }
+
+    fn batch<'a>(
+        &mut self,
+        r: &mut Reader<'a>,
+        left: u64,
+        emit: Emit<'_, 'a>,
+    ) -> DecodeResult<Step> {
+        if left < (MAGIC_OFFSET as u64 + 1) {
+            // Too short to be a batch: a partial trailing batch of a Fetch response.
+            emit(Event::Batch(Batch {
+                bytes: left,
+                records: 0,
+                magic: -1,
+                attributes: 0,
+                complete: false,
+            }));
+            self.mode = Mode::Records { left: 0 };
+            return Ok(Step::Skip(left));
+        }
+        let want = (left.min(BATCH_HEADER as u64)) as usize;
+        let hdr = r.take(want, "record_batch.header")?;
+        let mut h = Reader::new(hdr);
+        let _base_offset = h.i64("record_batch.base_offset")?;
+        let batch_len = h.i32("record_batch.batch_length")?;
+        let _epoch = h.i32("record_batch.partition_leader_epoch")?;
+        let magic = h.i8("record_batch.magic")?;
+        let batch_len = u64::try_from(batch_len).map_err(|_| DecodeError::Invalid {
+            field: "record_batch.batch_length",
+            reason: "negative batch length",
+        })?;
+        let total = batch_len.saturating_add(BATCH_LOG_OVERHEAD);
+        let complete = total <= left;
+        let bytes = total.min(left);
+        let (records, attributes) = if magic == 2 && complete && hdr.len() == BATCH_HEADER {
+            let mut a = Reader::new(hdr.get(ATTRIBUTES_OFFSET..).unwrap_or(&[]));
+            let attributes = a.i16("record_batch.attributes")?;
+            let mut c = Reader::new(hdr.get(RECORDS_COUNT_OFFSET..).unwrap_or(&[]));
+            let count = c.i32("record_batch.records_count")?;
+            (u32::try_from(count).unwrap_or(0), attributes)
+        } else {
+            (0, 0)
+        };
+        emit(Event::Batch(Batch {
+            bytes,
+            records,
+            magic,
+            attributes,
+            complete,
+        }));
+        self.mode = Mode::Records { left: left - bytes };
+        Ok(Step::Skip(bytes.saturating_sub(want as u64)))
+    }
+
+    fn field<'a>(&mut self, r: &mut Reader<'a>, emit: Emit<'_, 'a>) -> DecodeResult<Step> {
+        let flexible = self.flexible;
+        let version = self.version;
+        let depth = self.depth;
+        let lvl = self
+            .stack
+            .get_mut(depth.wrapping_sub(1))
+            .ok_or(DecodeError::Invalid {
+                field: "walk",
+                reason: "empty walk stack",
+            })?;
+        let Some(field) = lvl.fields.get(lvl.idx).copied() else {
+            if flexible && !lvl.tags_done {
+                let n = r.uvarint("tagged_fields")?;
+                lvl.tags_done = true;
+                self.mode = Mode::Tags { left: n };
+                return Ok(Step::Advanced);
+            }
+            self.end_struct(emit);
+            return Ok(Step::Advanced);
+        };
+        if version < field.min || version > field.max {
+            lvl.idx += 1;
+            return Ok(Step::Advanced);
+        }
+        let name = field_name(field.id);
+        let step = match field.ty {
+            I8 => {
+                let v = r.i8(name)?;
+                emit_int(emit, field.id, i64::from(v));
+                Step::Advanced
+            }
+            I16 => {
+                let v = r.i16(name)?;
+                emit_int(emit, field.id, i64::from(v));
+                Step::Advanced
+            }
+            I32 => {
+                let v = r.i32(name)?;
+                emit_int(emit, field.id, i64::from(v));
+                Step::Advanced
+            }
+            I64 => {
+                let v = r.i64(name)?;
+                emit_int(emit, field.id, v);
+                Step::Advanced
+            }
+            Uuid => {
+                let v = r.uuid(name)?;
+                if field.id != F::Skip {
+                    emit(Event::Uuid(field.id, v));
+                }
+                Step::Advanced
+            }
+            Str => {
+                let len = str_len(r, flexible, name)?;
+                if field.id == F::Skip {
+                    lvl.idx += 1;
+                    return Ok(Step::Skip(len.unwrap_or(0)));
+                }
+                let v = match len {
+                    None => None,
+                    Some(n) => Some(r.take(n as usize, name)?),
+                };
+                emit(Event::Str(field.id, v));
+                Step::Advanced
+            }
+            Bytes => Step::Skip(bytes_len(r, flexible, name)?.unwrap_or(0)),
+            Ty::Records => {
+                let len = bytes_len(r, flexible, name)?.unwrap_or(0);
+                emit_int(emit, field.id, len as i64);
+                lvl.idx += 1;
+                self.mode = Mode::Records { left: len };
+                return Ok(Step::Advanced);
+            }
+            I32Array | I64Array => {
+                let n = count(r, flexible, name)?;
+                let size: u64 = if matches!(field.ty, I32Array) { 4 } else { 8 };
+                Step::Skip(u64::from(n).saturating_mul(size))
+            }
+            Array(sub) => {
+                let n = count(r, flexible, name)?;
+                lvl.idx += 1;
+                if n > 0 {
+                    let slot = self.stack.get_mut(depth).ok_or(DecodeError::Invalid {
+                        field: name,
+                        reason: "schema nesting too deep",
+                    })?;
+                    *slot = Level {
+                        fields: sub,
+                        idx: 0,
+                        left: n,
+                        id: field.id,
+                        tags_done: false,
+                    };
+                    self.depth += 1;
+                    if field.id != F::Skip {
+                        emit(Event::Begin(field.id));
+                    }
+                }
+                return Ok(Step::Advanced);
+            }
+            Stop => {
+                self.mode = Mode::Done;
+                return Ok(Step::Done);
+            }
+        };
+        lvl.idx += 1;
+        Ok(step)
+    }
+
+    fn end_struct<'a>(&mut self, emit: Emit<'_, 'a>) {
+        if self.depth <= 1 {
+            self.mode = Mode::Done;
+            return;
+        }
+        let Some(lvl) = self.stack.get_mut(self.depth - 1) else {
+            self.mode = Mode::Done;
+            return;
+        };
+        if lvl.id != F::Skip {
+            emit(Event::End(lvl.id));
+        }
+        lvl.left = lvl.left.saturating_sub(1);
+        if lvl.left > 0 {
+            lvl.idx = 0;
+            lvl.tags_done = false;
+            if lvl.id != F::Skip {
+                emit(Event::Begin(lvl.id));
+            }
+        } else {
+            self.depth -= 1;
+        }
+    }
+}
+
+fn emit_int(emit: Emit<'_, '_>, id: F, v: i64) {
+    if id != F::Skip {
+        emit(Event::Int(id, v));
+    }
+}
+
+fn field_name(id: F) -> &'static str {
+    match id {
+        F::Skip => "field",
+        F::TransactionalId => "transactional_id",
+        F::Acks => "acks",
+        F::Topics => "topics",
+        F::Topic => "topic",
+        F::TopicId => "topic_id",
+        F::Partitions => "partitions",
+        F::Partition => "partition",
+        F::Records => "records",
+        F::ErrorCode | F::TopErrorCode => "error_code",
+        F::HighWatermark => "high_watermark",
+        F::FetchOffset => "fetch_offset",
+        F::GroupId => "group_id",
+    }
+}
+
+/// String length: `None` is null.
+fn str_len(r: &mut Reader<'_>, flexible: bool, field: &'static str) -> DecodeResult<Option<u64>> {
+    if flexible {
+        Ok(r.uvarint(field)?.checked_sub(1).map(u64::from))
+    } else {
+        match r.i16(field)? {
+            -1 => Ok(None),
+            n => u64::try_from(n)
+                .map(Some)
+                .map_err(|_| DecodeError::Invalid {
+                    field,
+                    reason: "negative string length",
+                }),
+        }
+    }
+}
+
+fn bytes_len(r: &mut Reader<'_>, flexible: bool, field: &'static str) -> DecodeResult<Option<u64>> {
+    if flexible {
+        Ok(r.uvarint(field)?.checked_sub(1).map(u64::from))
+    } else {
+        match r.i32(field)? {
+            -1 => Ok(None),
+            n => u64::try_from(n)
+                .map(Some)
+                .map_err(|_| DecodeError::Invalid {
+                    field,
+                    reason: "negative bytes length",
+                }),
+        }
+    }
+}
+
+fn count(r: &mut Reader<'_>, flexible: bool, field: &'static str) -> DecodeResult<u32> {
+    if flexible {
+        Ok(r.uvarint(field)?.saturating_sub(1))
+    } else {
+        match r.i32(field)? {
+            -1 => Ok(0),
+            n => u32::try_from(n).map_err(|_| DecodeError::Invalid {
+                field,
+                reason: "negative array length",
+            }),
+        }
+    }
+}
