@@ -1,5 +1,6 @@
 """Real tansu broker + wasm-sidecar running the built filter, for the end-to-end tests."""
 import os
+import re
 import socket
 import subprocess
 import time
@@ -31,28 +32,47 @@ def wait_port(port, timeout=30):
 
 
 class Sidecar:
-    def __init__(self, tmp, upstream, chunk=0, workers=1, config="{}", port=None):
+    def __init__(self, tmp, upstream, chunk=0, workers=1, config="{}", port=None, log_level="warn"):
         self.port, self.admin = port or free_port(), free_port()
         cfg = tmp / f"cfg-{self.port}.json"
         cfg.write_text(config)
         self.log = open(tmp / f"sidecar-{self.port}.log", "w")
         args = [str(SIDECAR), "--listen", f"127.0.0.1:{self.port}", "--upstream", upstream,
                 "--wasm", str(WASM), "--config", str(cfg), "--admin", f"127.0.0.1:{self.admin}",
-                "--workers", str(workers)]
+                "--workers", str(workers), "--log-level", log_level]
         if chunk:
             args += ["--chunk", str(chunk)]
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
         wait_port(self.port)
         self.bootstrap = f"127.0.0.1:{self.port}"
 
+    def prometheus(self):
+        return urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/stats/prometheus", timeout=5).read().decode()
+
     def stats(self):
-        text = urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/stats/prometheus", timeout=5).read().decode()
+        """Every series, keyed as Prometheus shows it: `name{label="v",...}`."""
         out = {}
-        for line in text.splitlines():
+        for line in self.prometheus().splitlines():
             if line and not line.startswith("#"):
                 name, _, value = line.rpartition(" ")
                 out[name] = float(value)
         return out
+
+    def metric(self, family, stats=None, **labels):
+        """Sum of the series of `family` whose labels include `labels`."""
+        total = 0.0
+        for key, value in (stats if stats is not None else self.stats()).items():
+            name, _, rest = key.partition("{")
+            if name != family:
+                continue
+            have = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', rest))
+            if all(have.get(k) == str(v) for k, v in labels.items()):
+                total += value
+        return total
+
+    def read_log(self):
+        self.log.flush()
+        return Path(self.log.name).read_text()
 
     def stop(self):
         self.proc.terminate()
@@ -69,7 +89,7 @@ class Stack:
     """tansu advertising the sidecar's address, so clients that follow the advertised broker
     address after bootstrap stay behind the filter, and the sidecar in front of it."""
 
-    def __init__(self, tmp, chunk=0, workers=1, config="{}"):
+    def __init__(self, tmp, chunk=0, workers=1, config="{}", log_level="warn"):
         assert WASM.exists(), f"{WASM} missing: run `make build`"
         assert SIDECAR.exists(), f"{SIDECAR} missing: run `make build`"
         self.broker_port = free_port()
@@ -81,7 +101,8 @@ class Stack:
              "--advertised-listener-url", f"tcp://127.0.0.1:{sidecar_port}"],
             stdout=self.tansu_log, stderr=subprocess.STDOUT)
         wait_port(self.broker_port)
-        self.sidecar = Sidecar(tmp, f"127.0.0.1:{self.broker_port}", chunk, workers, config, port=sidecar_port)
+        self.sidecar = Sidecar(tmp, f"127.0.0.1:{self.broker_port}", chunk, workers, config,
+                               port=sidecar_port, log_level=log_level)
         self.bootstrap = self.sidecar.bootstrap
 
     def stop(self):

@@ -32,11 +32,70 @@ pub struct Histogram {
     pub values: Vec<u64>,
 }
 
+/// One `stats_config.stats_tags` entry: a tag name and its regex.
+#[derive(Debug, Clone)]
+pub struct TagSpec {
+    pub name: String,
+    pub regex: regex::Regex,
+}
+
+/// Parse the `stats_config` fragment of an Envoy bootstrap (`{"stats_tags": [{"tag_name",
+/// "regex"}, ...]}`), as shipped in `wasm-plugin-manifests/envoy/stats_config.json`.
+pub fn parse_stats_config(json: &str) -> anyhow::Result<Vec<TagSpec>> {
+    let v: serde_json::Value = serde_json::from_str(json)?;
+    let mut out = Vec::new();
+    for t in v
+        .get("stats_tags")
+        .and_then(|t| t.as_array())
+        .ok_or_else(|| anyhow::anyhow!("stats_config has no stats_tags array"))?
+    {
+        let name = t
+            .get("tag_name")
+            .and_then(|n| n.as_str())
+            .ok_or_else(|| anyhow::anyhow!("stats_tags entry without tag_name"))?;
+        let re = t
+            .get("regex")
+            .and_then(|n| n.as_str())
+            .ok_or_else(|| anyhow::anyhow!("stats_tags entry {name} without regex"))?;
+        out.push(TagSpec {
+            name: name.to_string(),
+            regex: regex::Regex::new(re)?,
+        });
+    }
+    Ok(out)
+}
+
+/// Envoy's tag extraction (envoyproxy/envoy `source/common/stats/tag_producer_impl.cc` and
+/// `tag_extractor_impl.cc`, `TagExtractorStdRegexImpl::extractTag`): every extractor searches
+/// the full stat name; on a match with at least one group, group 1 is removed from the name
+/// and group 2 (or group 1) is the tag value. Tags come out in extractor order.
+pub fn extract_tags(specs: &[TagSpec], full: &str) -> (String, Vec<(String, String)>) {
+    let mut remove: Vec<(usize, usize)> = Vec::new();
+    let mut tags = Vec::new();
+    for spec in specs {
+        let Some(c) = spec.regex.captures(full) else {
+            continue;
+        };
+        let Some(g1) = c.get(1) else { continue };
+        let value = c.get(2).unwrap_or(g1).as_str().to_string();
+        tags.push((spec.name.clone(), value));
+        remove.push((g1.start(), g1.end()));
+    }
+    let mut name = String::with_capacity(full.len());
+    for (i, ch) in full.char_indices() {
+        if !remove.iter().any(|&(a, b)| i >= a && i < b) {
+            name.push(ch);
+        }
+    }
+    (name, tags)
+}
+
 #[derive(Debug, Default)]
 pub struct Stats {
     pub counters: BTreeMap<String, u64>,
     pub gauges: BTreeMap<String, i64>,
     pub histograms: BTreeMap<String, Histogram>,
+    pub tag_specs: Vec<TagSpec>,
 }
 
 impl Stats {
@@ -75,29 +134,112 @@ impl Stats {
             .map_or(0, |h| h.values.len())
     }
 
+    /// Sum of the counters of one family (the metric name with tags removed, as Envoy's tag
+    /// extraction with this project's `stats_tags` yields) whose tags include `want`.
+    pub fn counter_sum(&self, family: &str, want: &[(&str, &str)]) -> u64 {
+        let specs = ours();
+        self.counters
+            .iter()
+            .filter(|(n, _)| family_matches(&specs, n, family, want))
+            .map(|(_, v)| *v)
+            .sum()
+    }
+
+    pub fn gauge_of(&self, family: &str, want: &[(&str, &str)]) -> Option<i64> {
+        let specs = ours();
+        self.gauges
+            .iter()
+            .find(|(n, _)| family_matches(&specs, n, family, want))
+            .map(|(_, v)| *v)
+    }
+
+    pub fn histogram_count_of(&self, family: &str, want: &[(&str, &str)]) -> usize {
+        let specs = ours();
+        self.histograms
+            .iter()
+            .filter(|(n, _)| family_matches(&specs, n, family, want))
+            .map(|(_, h)| h.values.len())
+            .sum()
+    }
+
+    /// `/stats/prometheus` as Envoy renders it (`source/server/admin/prometheus_stats.cc`):
+    /// stats grouped by tag-extracted name, one `# TYPE` line per group, tags as labels in
+    /// extraction order, label values escaped, histograms with cumulative buckets.
     pub fn render_prometheus(&self) -> String {
         let mut out = String::new();
-        for (name, v) in &self.counters {
-            let n = prom_name(name);
-            let _ = writeln!(out, "# TYPE {n} counter\n{n}{{}} {v}");
-        }
-        for (name, v) in &self.gauges {
-            let n = prom_name(name);
-            let _ = writeln!(out, "# TYPE {n} gauge\n{n}{{}} {v}");
-        }
-        for (name, h) in &self.histograms {
-            let n = prom_name(name);
-            let _ = writeln!(out, "# TYPE {n} histogram");
-            for b in DEFAULT_BUCKETS {
-                let c = h.values.iter().filter(|&&v| (v as f64) <= *b).count();
-                let _ = writeln!(out, "{n}_bucket{{le=\"{b}\"}} {c}");
+        let group = |names: Vec<&String>| {
+            let mut g: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+            for n in names {
+                let (ext, tags) = extract_tags(&self.tag_specs, n);
+                g.entry(prom_name(&ext))
+                    .or_default()
+                    .push((n.clone(), labels(&tags)));
             }
-            let _ = writeln!(out, "{n}_bucket{{le=\"+Inf\"}} {}", h.values.len());
-            let sum: u64 = h.values.iter().sum();
-            let _ = writeln!(out, "{n}_sum{{}} {sum}\n{n}_count{{}} {}", h.values.len());
+            g
+        };
+        for (pn, members) in group(self.counters.keys().collect()) {
+            let _ = writeln!(out, "# TYPE {pn} counter");
+            for (full, l) in members {
+                let v = self.counters.get(&full).copied().unwrap_or(0);
+                let _ = writeln!(out, "{pn}{{{l}}} {v}");
+            }
+        }
+        for (pn, members) in group(self.gauges.keys().collect()) {
+            let _ = writeln!(out, "# TYPE {pn} gauge");
+            for (full, l) in members {
+                let v = self.gauges.get(&full).copied().unwrap_or(0);
+                let _ = writeln!(out, "{pn}{{{l}}} {v}");
+            }
+        }
+        for (pn, members) in group(self.histograms.keys().collect()) {
+            let _ = writeln!(out, "# TYPE {pn} histogram");
+            for (full, l) in members {
+                let Some(h) = self.histograms.get(&full) else {
+                    continue;
+                };
+                let sep = if l.is_empty() { "" } else { "," };
+                for b in DEFAULT_BUCKETS {
+                    let c = h.values.iter().filter(|&&v| (v as f64) <= *b).count();
+                    let _ = writeln!(out, "{pn}_bucket{{{l}{sep}le=\"{b}\"}} {c}");
+                }
+                let n = h.values.len();
+                let _ = writeln!(out, "{pn}_bucket{{{l}{sep}le=\"+Inf\"}} {n}");
+                let sum: u64 = h.values.iter().sum();
+                let _ = writeln!(out, "{pn}_sum{{{l}}} {sum}\n{pn}_count{{{l}}} {n}");
+            }
         }
         out
     }
+}
+
+/// The stats_tags this project ships, for the test helpers above.
+fn ours() -> Vec<TagSpec> {
+    parse_stats_config(OUR_STATS_CONFIG).unwrap_or_default()
+}
+
+pub const OUR_STATS_CONFIG: &str =
+    include_str!("../../wasm-plugin-manifests/envoy/stats_config.json");
+
+fn family_matches(specs: &[TagSpec], full: &str, family: &str, want: &[(&str, &str)]) -> bool {
+    let (ext, tags) = extract_tags(specs, full);
+    ext.strip_prefix(&format!("{CUSTOM_NAMESPACE}.")) == Some(family)
+        && want
+            .iter()
+            .all(|(k, v)| tags.iter().any(|(tk, tv)| tk == k && tv == v))
+}
+
+/// Envoy's `PrometheusStatsFormatter::formattedTags` with `sanitizeValue`.
+fn labels(tags: &[(String, String)]) -> String {
+    tags.iter()
+        .map(|(k, v)| {
+            let v = v
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
+            format!("{}=\"{}\"", sanitize(k), v)
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn sanitize(s: &str) -> String {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use kafka_mesh_testhost::host::{Dir, PluginSpec, Process, Vm};
+use kafka_mesh_testhost::stats::{parse_stats_config, OUR_STATS_CONFIG};
 use kafka_protocol::messages::api_versions_response::{ApiVersion, ApiVersionsResponse};
 use kafka_protocol::messages::{
     ApiVersionsRequest, MetadataRequest, MetadataResponse, ProduceRequest, RequestHeader,
@@ -128,17 +129,20 @@ fn frames_cross_the_abi_unchanged_and_apiversions_is_clamped_at_any_chunking() {
         }
         vm.close(id, false);
         let st = process.stats.lock().unwrap();
-        assert_eq!(st.counter("kafka_mesh_requests_total"), 3);
-        assert_eq!(st.counter("kafka_mesh_responses_total"), 2);
+        assert_eq!(st.counter_sum("kafka_mesh_requests_total", &[]), 3);
+        assert_eq!(st.counter_sum("kafka_mesh_responses_total", &[]), 2);
         assert_eq!(st.counter("kafka_mesh_produce_acks0_total"), 1);
         assert_eq!(st.counter("kafka_mesh_api_versions_clamped_total"), 1);
         assert_eq!(
-            st.counter("kafka_mesh_request_bytes_total"),
+            st.counter_sum("kafka_mesh_request_bytes_total", &[]),
             reqs.len() as u64
         );
         assert_eq!(st.counter("kafka_mesh_connections_total"), 1);
         assert_eq!(st.gauge("kafka_mesh_connections_active"), 0);
-        assert_eq!(st.histogram_count("kafka_mesh_request_latency_ms"), 2);
+        assert_eq!(
+            st.histogram_count_of("kafka_mesh_request_latency_ms", &[]),
+            2
+        );
     }
 }
 
@@ -174,7 +178,7 @@ fn malformed_frames_close_or_pass_through_per_config() {
             .stats
             .lock()
             .unwrap()
-            .counter("kafka_mesh_malformed_total"),
+            .counter_sum("kafka_mesh_malformed_total", &[("kind", "frame_size")]),
         1
     );
     assert!(!process.logs_containing("frame size -16").is_empty());
@@ -239,7 +243,7 @@ fn worker_vms_share_stats_like_envoy() {
             .stats
             .lock()
             .unwrap()
-            .counter("kafka_mesh_requests_total"),
+            .counter_sum("kafka_mesh_requests_total", &[]),
         2
     );
     assert_eq!(
@@ -250,9 +254,15 @@ fn worker_vms_share_stats_like_envoy() {
             .gauge("kafka_mesh_connections_active"),
         2
     );
-    let prom = process.stats.lock().unwrap().render_prometheus();
+    let prom = {
+        let mut st = process.stats.lock().unwrap();
+        st.tag_specs = parse_stats_config(OUR_STATS_CONFIG).unwrap();
+        st.render_prometheus()
+    };
     assert!(
-        prom.contains("# TYPE kafka_mesh_requests_total counter\nkafka_mesh_requests_total{} 2"),
+        prom.contains(
+            "# TYPE kafka_mesh_requests_total counter\nkafka_mesh_requests_total{api=\"metadata\",version=\"12\"} 2"
+        ),
         "{prom}"
     );
 }
@@ -320,4 +330,220 @@ fn a_missing_import_fails_the_load_naming_it() {
             .contains("missing import: env.proxy_does_not_exist"),
         "{err}"
     );
+}
+
+/// A v2 record batch header plus `payload` opaque bytes (the filter reads only the header).
+fn batch(count: i32, payload: usize) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend(0i64.to_be_bytes());
+    b.extend(((61 - 12 + payload) as i32).to_be_bytes());
+    b.extend(0i32.to_be_bytes());
+    b.push(2);
+    b.extend([0u8; 4 + 2]);
+    b.extend((count - 1).to_be_bytes());
+    b.extend([0u8; 8 + 8 + 8 + 2 + 4]);
+    b.extend(count.to_be_bytes());
+    b.extend(std::iter::repeat_n(7u8, payload));
+    b
+}
+
+/// Per-topic metrics end to end through the built wasm, across two worker VMs: VM A learns
+/// a topic id from a Metadata response, VM B labels a topic-id Fetch with the name through
+/// shared data; the label bound is process-wide; `/stats/prometheus` shows Envoy's labels.
+#[test]
+fn per_topic_metrics_topic_ids_and_bounds_across_vms() {
+    use kafka_protocol::messages::{
+        fetch_request, fetch_response, metadata_response, produce_request, FetchRequest,
+        FetchResponse, TopicName,
+    };
+    let process = Process::new();
+    let cfg = r#"{"metrics": {"maxTopics": 2}, "accessLog": {"enabled": true}}"#;
+    let mut a = vm_with(cfg, &process);
+    let mut b = vm_with(cfg, &process);
+    let id = uuid::Uuid::from_bytes([9; 16]);
+
+    // VM A: Metadata v12 names topic "orders" with its id.
+    let ca = a.new_connection(HashMap::new()).unwrap();
+    feed(
+        &mut a,
+        ca,
+        Dir::Downstream,
+        &req(3, 12, 1, &MetadataRequest::default()),
+        3,
+    );
+    let md = MetadataResponse::default().with_topics(vec![
+        metadata_response::MetadataResponseTopic::default()
+            .with_name(Some(TopicName(StrBytes::from_static_str("orders"))))
+            .with_topic_id(id),
+    ]);
+    let (out, _, closed) = feed(&mut a, ca, Dir::Upstream, &resp(1, 12, &md), 5);
+    assert!(!closed && out == resp(1, 12, &md));
+
+    // VM A: produce 3 + 4 records to two topics, then a third topic past maxTopics=2.
+    let topic = |n: &'static str, recs: Vec<u8>| {
+        produce_request::TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_static_str(n)))
+            .with_partition_data(vec![produce_request::PartitionProduceData::default()
+                .with_records(Some(bytes::Bytes::from(recs)))])
+    };
+    let p = ProduceRequest::default().with_acks(1).with_topic_data(vec![
+        topic("orders", batch(3, 1000)),
+        topic("audit", batch(4, 10)),
+        topic("third", batch(1, 1)),
+    ]);
+    let frame = req(0, 9, 2, &p);
+    let (out, _, _) = feed(&mut a, ca, Dir::Downstream, &frame, 64);
+    assert_eq!(out, frame);
+
+    // VM B: Fetch v13 by topic id, offset 5; the response has high watermark 12 and 3 records.
+    let cb = b.new_connection(HashMap::new()).unwrap();
+    let f = FetchRequest::default().with_topics(vec![fetch_request::FetchTopic::default()
+        .with_topic_id(id)
+        .with_partitions(vec![fetch_request::FetchPartition::default()
+            .with_partition(0)
+            .with_fetch_offset(5)])]);
+    feed(&mut b, cb, Dir::Downstream, &req(1, 13, 7, &f), 1);
+    let fr = FetchResponse::default().with_responses(vec![
+        fetch_response::FetchableTopicResponse::default()
+            .with_topic_id(id)
+            .with_partitions(vec![
+                fetch_response::PartitionData::default()
+                    .with_partition_index(0)
+                    .with_high_watermark(12)
+                    .with_records(Some(bytes::Bytes::from(batch(3, 500)))),
+                fetch_response::PartitionData::default()
+                    .with_partition_index(1)
+                    .with_error_code(6),
+            ]),
+    ]);
+    let frame = resp(7, 13, &fr);
+    let (out, _, _) = feed(&mut b, cb, Dir::Upstream, &frame, 1);
+    assert_eq!(out, frame);
+
+    let mut st = process.stats.lock().unwrap();
+    let c =
+        |st: &kafka_mesh_testhost::stats::Stats, f: &str, t: &[(&str, &str)]| st.counter_sum(f, t);
+    assert_eq!(
+        c(
+            &st,
+            "kafka_mesh_produce_records_total",
+            &[("topic", "orders")]
+        ),
+        3
+    );
+    assert_eq!(
+        c(
+            &st,
+            "kafka_mesh_produce_records_total",
+            &[("topic", "audit")]
+        ),
+        4
+    );
+    assert_eq!(
+        c(
+            &st,
+            "kafka_mesh_produce_records_total",
+            &[("topic", "__overflow__")]
+        ),
+        1
+    );
+    assert_eq!(
+        c(
+            &st,
+            "kafka_mesh_label_overflow_total",
+            &[("label", "topic")]
+        ),
+        1
+    );
+    assert_eq!(
+        c(
+            &st,
+            "kafka_mesh_produce_bytes_total",
+            &[("topic", "orders")]
+        ),
+        61 + 1000
+    );
+    assert_eq!(
+        c(
+            &st,
+            "kafka_mesh_produce_batches_total",
+            &[("topic", "orders")]
+        ),
+        1
+    );
+    // the topic id resolved to its name on the other VM
+    assert_eq!(
+        c(
+            &st,
+            "kafka_mesh_fetch_records_total",
+            &[("topic", "orders")]
+        ),
+        3
+    );
+    assert_eq!(
+        st.gauge_of(
+            "kafka_mesh_consumer_lag",
+            &[("topic", "orders"), ("partition", "0")]
+        ),
+        Some(7)
+    );
+    assert_eq!(
+        c(
+            &st,
+            "kafka_mesh_topic_errors_total",
+            &[
+                ("api", "fetch"),
+                ("topic", "orders"),
+                ("error", "NOT_LEADER_OR_FOLLOWER")
+            ]
+        ),
+        1
+    );
+    assert_eq!(
+        c(
+            &st,
+            "kafka_mesh_errors_total",
+            &[("error", "NOT_LEADER_OR_FOLLOWER")]
+        ),
+        1
+    );
+    assert_eq!(
+        c(
+            &st,
+            "kafka_mesh_client_requests_total",
+            &[("client_id", "it")]
+        ),
+        3
+    );
+    assert_eq!(
+        st.histogram_count_of("kafka_mesh_request_latency_ms", &[("api", "fetch")]),
+        1
+    );
+    st.tag_specs = parse_stats_config(OUR_STATS_CONFIG).unwrap();
+    let prom = st.render_prometheus();
+    drop(st);
+    for line in [
+        "# TYPE kafka_mesh_produce_records_total counter",
+        "kafka_mesh_produce_records_total{topic=\"orders\"} 3",
+        "kafka_mesh_consumer_lag{topic=\"orders\",partition=\"0\"} 7",
+        "kafka_mesh_errors_total{api=\"fetch\",error=\"NOT_LEADER_OR_FOLLOWER\"} 1",
+        "kafka_mesh_request_latency_ms_bucket{api=\"fetch\",le=\"0.5\"} 1",
+        "kafka_mesh_request_latency_ms_count{api=\"fetch\"} 1",
+    ] {
+        assert!(
+            prom.lines().any(|l| l == line),
+            "missing {line:?} in\n{prom}"
+        );
+    }
+    // the access log: one JSON line per request, with topics and the first error
+    let logs = process.logs_containing("kafka-mesh-filter access ");
+    let fetch_log = logs
+        .iter()
+        .find(|l| l.message.contains("\"api\":\"fetch\""))
+        .expect("fetch access log");
+    let j: serde_json::Value =
+        serde_json::from_str(fetch_log.message.split_once("access ").unwrap().1).unwrap();
+    assert_eq!(j["error"], "NOT_LEADER_OR_FOLLOWER");
+    assert_eq!(j["client_id"], "it");
+    assert_eq!(j["topics"][0], "09090909090909090909090909090909");
 }

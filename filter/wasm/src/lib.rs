@@ -9,14 +9,21 @@
 //!
 //! Kuadrant/wasm-shim follows the same split (pure core, thin glue, config validated once).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::UNIX_EPOCH;
 
+use kafka_mesh_core::api;
 use kafka_mesh_core::apiversions::Clamp;
-use kafka_mesh_core::config::{Config, MalformedAction};
+use kafka_mesh_core::collect::{FactSink, TopicRef};
+use kafka_mesh_core::config::{Config, Family, MalformedAction};
+use kafka_mesh_core::errors;
 use kafka_mesh_core::header::RequestHeader;
-use kafka_mesh_core::session::{Direction, HostBuffer, Malformed, Observer, Session, Verdict};
+use kafka_mesh_core::labels::{self, LabelKind, Labels, SharedStore, TopicIds, OVERFLOW};
+use kafka_mesh_core::session::{
+    AccessLog, Direction, HostBuffer, Malformed, Observer, Session, Verdict,
+};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, RootContext, StreamContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MetricType, PeerType};
@@ -41,65 +48,137 @@ fn now_ns() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
-/// Metric ids, defined once per VM. Names carry no Envoy prefix: Envoy puts Wasm metrics in
-/// its `wasmcustom` stat namespace (envoyproxy/envoy `source/extensions/common/wasm/context.cc`,
-/// `Context::defineMetric`), which its Prometheus output strips.
-struct Metrics {
+/// Metric ids that carry no labels, defined once per VM. Names carry no Envoy prefix: Envoy
+/// puts Wasm metrics in its `wasmcustom` stat namespace (envoyproxy/envoy
+/// `source/extensions/common/wasm/context.cc`, `Context::defineMetric`), which its Prometheus
+/// output strips. Labelled series are defined on first use and cached in [`Registry`].
+struct Fixed {
     connections_total: u32,
     connections_active: u32,
-    requests_total: u32,
-    responses_total: u32,
-    request_bytes_total: u32,
-    response_bytes_total: u32,
     unknown_api_total: u32,
     produce_acks0_total: u32,
     produce_acks0_answered_total: u32,
     api_versions_clamped_total: u32,
     rewrite_skipped_total: u32,
-    malformed_total: u32,
-    request_latency_ms: u32,
 }
 
-impl Metrics {
-    fn define() -> Option<Metrics> {
+impl Fixed {
+    fn define() -> Option<Fixed> {
         let c = |n: &str| hostcalls::define_metric(MetricType::Counter, n).ok();
-        Some(Metrics {
+        Some(Fixed {
             connections_total: c("kafka_mesh_connections_total")?,
             connections_active: hostcalls::define_metric(
                 MetricType::Gauge,
                 "kafka_mesh_connections_active",
             )
             .ok()?,
-            requests_total: c("kafka_mesh_requests_total")?,
-            responses_total: c("kafka_mesh_responses_total")?,
-            request_bytes_total: c("kafka_mesh_request_bytes_total")?,
-            response_bytes_total: c("kafka_mesh_response_bytes_total")?,
             unknown_api_total: c("kafka_mesh_unknown_api_total")?,
             produce_acks0_total: c("kafka_mesh_produce_acks0_total")?,
             produce_acks0_answered_total: c("kafka_mesh_produce_acks0_answered_total")?,
             api_versions_clamped_total: c("kafka_mesh_api_versions_clamped_total")?,
             rewrite_skipped_total: c("kafka_mesh_rewrite_skipped_total")?,
-            malformed_total: c("kafka_mesh_malformed_total")?,
-            request_latency_ms: hostcalls::define_metric(
-                MetricType::Histogram,
-                "kafka_mesh_request_latency_ms",
-            )
-            .ok()?,
         })
     }
+}
 
-    /// Envoy rejects counter increments <= 0 (`Context::incrementMetric`); never send one.
-    fn add(id: u32, n: u64) {
-        if n > 0 {
-            let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
+/// Envoy rejects counter increments <= 0 (`Context::incrementMetric`); never send one.
+fn add(id: u32, n: u64) {
+    if n > 0 {
+        let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
+    }
+}
+
+/// Shared data through hostcalls (proxy-wasm-cpp-host `src/shared_data.cc`: one store per
+/// vm_id, CAS tokens per key).
+struct HostShared;
+
+impl SharedStore for HostShared {
+    fn get(&mut self, key: &str) -> Option<(Vec<u8>, u32)> {
+        match hostcalls::get_shared_data(key) {
+            Ok((Some(v), cas)) => Some((v, cas.unwrap_or(0))),
+            _ => None,
         }
+    }
+
+    fn set(&mut self, key: &str, value: &[u8], cas: u32) -> bool {
+        let cas = if cas == 0 { None } else { Some(cas) };
+        hostcalls::set_shared_data(key, Some(value), cas).is_ok()
+    }
+}
+
+/// Per-VM metric state shared by the root and every stream context on the worker.
+struct Registry {
+    cfg: Rc<Config>,
+    fixed: Fixed,
+    /// Labelled series: full stat name to metric id, defined once.
+    ids: HashMap<String, u32>,
+    labels: Labels,
+    topic_ids: TopicIds,
+}
+
+impl Registry {
+    fn metric(&mut self, ty: MetricType, family: &str, tags: &[(&str, &str)]) -> Option<u32> {
+        let name = labels::stat_name(family, tags);
+        if let Some(id) = self.ids.get(&name) {
+            return Some(*id);
+        }
+        let id = hostcalls::define_metric(ty, &name).ok()?;
+        self.ids.insert(name, id);
+        Some(id)
+    }
+
+    fn count(&mut self, family: &str, tags: &[(&str, &str)], n: u64) {
+        if n == 0 {
+            return;
+        }
+        if let Some(id) = self.metric(MetricType::Counter, family, tags) {
+            add(id, n);
+        }
+    }
+
+    /// A bounded label value: the value itself, or [`OVERFLOW`] (counted) past the bound.
+    fn bounded(&mut self, kind: LabelKind, value: &str) -> String {
+        let m = &self.cfg.metrics;
+        let max = match kind {
+            LabelKind::Topic => m.max_topics,
+            LabelKind::ClientId => m.max_client_ids,
+            LabelKind::Group => m.max_groups,
+            LabelKind::LagSeries => m.max_lag_partitions,
+        };
+        if self.labels.admit(&mut HostShared, kind, value, max) {
+            value.to_string()
+        } else {
+            self.count(
+                "kafka_mesh_label_overflow_total",
+                &[("label", kind.as_str())],
+                1,
+            );
+            OVERFLOW.to_string()
+        }
+    }
+
+    fn topic(&mut self, t: &TopicRef) -> String {
+        let raw = match t {
+            TopicRef::Name(n) => n.clone(),
+            TopicRef::Id(id) => {
+                let max = self.cfg.metrics.max_topic_ids;
+                self.topic_ids
+                    .resolve(&mut HostShared, id, max)
+                    .unwrap_or_else(|| t.label())
+            }
+        };
+        self.bounded(LabelKind::Topic, &raw)
+    }
+
+    fn on(&self, f: Family) -> bool {
+        self.cfg.metrics.on(f)
     }
 }
 
 #[derive(Default)]
 struct Root {
     config: Option<Rc<Config>>,
-    metrics: Option<Rc<Metrics>>,
+    registry: Option<Rc<RefCell<Registry>>>,
 }
 
 impl Context for Root {}
@@ -116,22 +195,32 @@ impl RootContext for Root {
                 return false;
             }
         };
-        match Config::from_json(&bytes) {
-            Ok(cfg) => {
-                self.config = Some(Rc::new(cfg));
-            }
+        let cfg = match Config::from_json(&bytes) {
+            Ok(cfg) => Rc::new(cfg),
             Err(e) => {
                 log(LogLevel::Error, &format!("kafka-mesh-filter: {e}"));
                 return false;
             }
-        }
-        if self.metrics.is_none() {
-            match Metrics::define() {
-                Some(m) => self.metrics = Some(Rc::new(m)),
-                None => {
+        };
+        self.config = Some(cfg.clone());
+        if let Some(reg) = self.registry.as_ref() {
+            let Ok(mut r) = reg.try_borrow_mut() else {
+                return false;
+            };
+            r.cfg = cfg;
+        } else {
+            {
+                let Some(fixed) = Fixed::define() else {
                     log(LogLevel::Error, "kafka-mesh-filter: cannot define metrics");
                     return false;
-                }
+                };
+                self.registry = Some(Rc::new(RefCell::new(Registry {
+                    cfg,
+                    fixed,
+                    ids: HashMap::new(),
+                    labels: Labels::default(),
+                    topic_ids: TopicIds::default(),
+                })));
             }
         }
         log(LogLevel::Info, "kafka-mesh-filter: configured");
@@ -139,12 +228,12 @@ impl RootContext for Root {
     }
 
     fn create_stream_context(&self, _context_id: u32) -> Option<Box<dyn StreamContext>> {
-        let (Some(cfg), Some(metrics)) = (self.config.clone(), self.metrics.clone()) else {
+        let (Some(cfg), Some(registry)) = (self.config.clone(), self.registry.clone()) else {
             return None;
         };
         Some(Box::new(Conn {
             session: Session::new(cfg),
-            metrics,
+            registry,
             counted: Cell::new(false),
         }))
     }
@@ -156,7 +245,7 @@ impl RootContext for Root {
 
 struct Conn {
     session: Session,
-    metrics: Rc<Metrics>,
+    registry: Rc<RefCell<Registry>>,
     counted: Cell<bool>,
 }
 
@@ -188,23 +277,153 @@ impl HostBuffer for WasmBuffer {
 }
 
 struct GlueObserver<'a> {
-    m: &'a Metrics,
+    r: &'a mut Registry,
+}
+
+fn version_str(v: i16) -> String {
+    v.to_string()
+}
+
+impl FactSink for GlueObserver<'_> {
+    fn produce_topic(&mut self, t: &TopicRef, batches: u64, records: u64, bytes: u64) {
+        if !self.r.on(Family::Produce) {
+            return;
+        }
+        let topic = self.r.topic(t);
+        let tags = [("topic", topic.as_str())];
+        self.r.count("kafka_mesh_produce_requests_total", &tags, 1);
+        self.r
+            .count("kafka_mesh_produce_batches_total", &tags, batches);
+        self.r
+            .count("kafka_mesh_produce_records_total", &tags, records);
+        self.r.count("kafka_mesh_produce_bytes_total", &tags, bytes);
+    }
+
+    fn fetch_topic(&mut self, t: &TopicRef, records: u64, bytes: u64) {
+        if !self.r.on(Family::Fetch) {
+            return;
+        }
+        let topic = self.r.topic(t);
+        let tags = [("topic", topic.as_str())];
+        self.r.count("kafka_mesh_fetch_responses_total", &tags, 1);
+        self.r
+            .count("kafka_mesh_fetch_records_total", &tags, records);
+        self.r.count("kafka_mesh_fetch_bytes_total", &tags, bytes);
+    }
+
+    fn error(&mut self, api_key: i16, t: Option<&TopicRef>, code: i16) {
+        if !self.r.on(Family::Errors) {
+            return;
+        }
+        let api = api::api_name(api_key);
+        let error = errors::error_name(code);
+        self.r.count(
+            "kafka_mesh_errors_total",
+            &[("api", api), ("error", error)],
+            1,
+        );
+        if let Some(t) = t {
+            let topic = self.r.topic(t);
+            self.r.count(
+                "kafka_mesh_topic_errors_total",
+                &[("api", api), ("topic", topic.as_str()), ("error", error)],
+                1,
+            );
+        }
+    }
+
+    fn lag(&mut self, t: &TopicRef, partition: i32, lag: i64) {
+        if !self.r.on(Family::Lag) {
+            return;
+        }
+        let topic = self.r.topic(t);
+        let series = format!("{topic}/{partition}");
+        if self.r.bounded(LabelKind::LagSeries, &series) == OVERFLOW {
+            return;
+        }
+        let p = partition.to_string();
+        if let Some(id) = self.r.metric(
+            MetricType::Gauge,
+            "kafka_mesh_consumer_lag",
+            &[("topic", topic.as_str()), ("partition", p.as_str())],
+        ) {
+            // Envoy: recordMetric on a gauge sets it (context.cc, Context::recordMetric).
+            let _ = hostcalls::record_metric(id, u64::try_from(lag).unwrap_or(0));
+        }
+    }
+
+    fn group_request(&mut self, api_key: i16, group: &str) {
+        if !self.r.on(Family::Groups) {
+            return;
+        }
+        let group = self.r.bounded(LabelKind::Group, group);
+        self.r.count(
+            "kafka_mesh_group_requests_total",
+            &[("api", api::api_name(api_key)), ("group", group.as_str())],
+            1,
+        );
+    }
+
+    fn topic_id(&mut self, id: [u8; 16], name: &str) {
+        let max = self.r.cfg.metrics.max_topic_ids;
+        self.r.topic_ids.learn(&mut HostShared, id, name, max);
+    }
 }
 
 impl Observer for GlueObserver<'_> {
-    fn request(&mut self, _h: &RequestHeader<'_>, frame_bytes: u64) {
-        Metrics::add(self.m.requests_total, 1);
-        Metrics::add(self.m.request_bytes_total, frame_bytes);
+    fn request(&mut self, h: &RequestHeader<'_>, frame_bytes: u64) {
+        if self.r.on(Family::Api) {
+            let v = version_str(h.api_version);
+            let api = api::api_name(h.api_key);
+            self.r.count(
+                "kafka_mesh_requests_total",
+                &[("api", api), ("version", v.as_str())],
+                1,
+            );
+            self.r.count(
+                "kafka_mesh_request_bytes_total",
+                &[("api", api)],
+                frame_bytes,
+            );
+        }
+        if self.r.on(Family::Clients) {
+            let cid = String::from_utf8_lossy(h.client_id.unwrap_or(b""));
+            let cid = self.r.bounded(LabelKind::ClientId, &cid);
+            self.r.count(
+                "kafka_mesh_client_requests_total",
+                &[("client_id", cid.as_str())],
+                1,
+            );
+        }
     }
 
-    fn response(&mut self, _k: i16, _v: i16, frame_bytes: u64, latency_ns: u64) {
-        Metrics::add(self.m.responses_total, 1);
-        Metrics::add(self.m.response_bytes_total, frame_bytes);
-        let _ = hostcalls::record_metric(self.m.request_latency_ms, latency_ns / 1_000_000);
+    fn response(&mut self, k: i16, v: i16, frame_bytes: u64, latency_ns: u64) {
+        if !self.r.on(Family::Api) {
+            return;
+        }
+        let api = api::api_name(k);
+        let vs = version_str(v);
+        self.r.count(
+            "kafka_mesh_responses_total",
+            &[("api", api), ("version", vs.as_str())],
+            1,
+        );
+        self.r.count(
+            "kafka_mesh_response_bytes_total",
+            &[("api", api)],
+            frame_bytes,
+        );
+        if let Some(id) = self.r.metric(
+            MetricType::Histogram,
+            "kafka_mesh_request_latency_ms",
+            &[("api", api)],
+        ) {
+            let _ = hostcalls::record_metric(id, latency_ns / 1_000_000);
+        }
     }
 
     fn unknown_api(&mut self, api_key: i16, api_version: i16) {
-        Metrics::add(self.m.unknown_api_total, 1);
+        add(self.r.fixed.unknown_api_total, 1);
         log(
             LogLevel::Debug,
             &format!("kafka-mesh-filter: passing unknown api_key={api_key} version={api_version}"),
@@ -212,15 +431,15 @@ impl Observer for GlueObserver<'_> {
     }
 
     fn produce_acks0(&mut self) {
-        Metrics::add(self.m.produce_acks0_total, 1);
+        add(self.r.fixed.produce_acks0_total, 1);
     }
 
     fn produce_acks0_answered(&mut self) {
-        Metrics::add(self.m.produce_acks0_answered_total, 1);
+        add(self.r.fixed.produce_acks0_answered_total, 1);
     }
 
     fn api_versions_clamped(&mut self, clamps: &[Clamp]) {
-        Metrics::add(self.m.api_versions_clamped_total, 1);
+        add(self.r.fixed.api_versions_clamped_total, 1);
         log(
             LogLevel::Debug,
             &format!("kafka-mesh-filter: clamped ApiVersions {clamps:?}"),
@@ -228,7 +447,7 @@ impl Observer for GlueObserver<'_> {
     }
 
     fn rewrite_skipped(&mut self, api_key: i16, frame_bytes: u64) {
-        Metrics::add(self.m.rewrite_skipped_total, 1);
+        add(self.r.fixed.rewrite_skipped_total, 1);
         log(
             LogLevel::Warn,
             &format!(
@@ -238,7 +457,11 @@ impl Observer for GlueObserver<'_> {
     }
 
     fn malformed(&mut self, dir: Direction, what: &Malformed, action: MalformedAction) {
-        Metrics::add(self.m.malformed_total, 1);
+        self.r.count(
+            "kafka_mesh_malformed_total",
+            &[("direction", dir.as_str()), ("kind", what.kind())],
+            1,
+        );
         let act = match action {
             MalformedAction::Close => "closing the connection",
             MalformedAction::Passthrough => "relaying the rest of the connection unparsed",
@@ -252,12 +475,23 @@ impl Observer for GlueObserver<'_> {
             ),
         );
     }
+
+    fn access_log(&mut self, entry: &AccessLog) {
+        log(
+            LogLevel::Info,
+            &format!("kafka-mesh-filter access {}", entry.to_json()),
+        );
+    }
 }
 
 impl Conn {
     fn on_data(&mut self, dir: Direction, kind: BufferType, size: usize, eos: bool) -> Action {
         let mut buf = WasmBuffer { kind, len: size };
-        let mut obs = GlueObserver { m: &self.metrics };
+        // Single-threaded VM: the registry is never borrowed across callbacks.
+        let Ok(mut reg) = self.registry.try_borrow_mut() else {
+            return Action::Continue;
+        };
+        let mut obs = GlueObserver { r: &mut reg };
         match self.session.on_data(dir, &mut buf, eos, now_ns(), &mut obs) {
             Verdict::Continue => Action::Continue,
             Verdict::Pause => Action::Pause,
@@ -272,7 +506,9 @@ impl Conn {
 
     fn release(&self) {
         if self.counted.replace(false) {
-            let _ = hostcalls::increment_metric(self.metrics.connections_active, -1);
+            if let Ok(r) = self.registry.try_borrow() {
+                let _ = hostcalls::increment_metric(r.fixed.connections_active, -1);
+            }
         }
     }
 }
@@ -286,9 +522,11 @@ impl Context for Conn {
 
 impl StreamContext for Conn {
     fn on_new_connection(&mut self) -> Action {
-        Metrics::add(self.metrics.connections_total, 1);
-        let _ = hostcalls::increment_metric(self.metrics.connections_active, 1);
-        self.counted.set(true);
+        if let Ok(r) = self.registry.try_borrow() {
+            add(r.fixed.connections_total, 1);
+            let _ = hostcalls::increment_metric(r.fixed.connections_active, 1);
+            self.counted.set(true);
+        }
         Action::Continue
     }
 

@@ -1,6 +1,11 @@
 //! wasm-sidecar --listen ADDR --upstream ADDR --wasm PATH --config PATH [--admin ADDR]
 //!              [--workers N] [--chunk BYTES] [--buffer-limit BYTES] [--fail-open]
-//!              [--property KEY=VALUE]... [--log-level LEVEL]
+//!              [--property KEY=VALUE]... [--log-level LEVEL] [--stats-config PATH|none]
+//!
+//! `--stats-config` is the `stats_config` fragment of an Envoy bootstrap (its `stats_tags`);
+//! the default is the one this project ships in `wasm-plugin-manifests/envoy/`, so
+//! `/stats/prometheus` shows what Envoy shows when deployed as the README says. `none` shows
+//! what an Envoy without those tags shows.
 
 use std::sync::Arc;
 
@@ -10,7 +15,8 @@ use kafka_mesh_testhost::sidecar::{run, Options};
 
 const USAGE: &str = "usage: wasm-sidecar --listen ADDR --upstream ADDR --wasm PATH --config PATH \
 [--admin ADDR] [--workers N] [--chunk BYTES] [--buffer-limit BYTES] [--fail-open] \
-[--property KEY=VALUE]... [--log-level trace|debug|info|warn|error|critical]";
+[--property KEY=VALUE]... [--log-level trace|debug|info|warn|error|critical] \
+[--stats-config PATH|none]";
 
 fn main() {
     if let Err(e) = real_main() {
@@ -26,6 +32,7 @@ fn real_main() -> Result<()> {
         (None, 1usize, 0usize, None, false);
     let mut props = Vec::new();
     let mut log_level = 3; // warn
+    let mut stats_config = Some(kafka_mesh_testhost::stats::OUR_STATS_CONFIG.to_string());
     while let Some(a) = args.next() {
         let mut val = || {
             args.next()
@@ -42,6 +49,14 @@ fn real_main() -> Result<()> {
             "--buffer-limit" => limit = Some(val()?.parse().context("--buffer-limit")?),
             "--fail-open" => fail_open = true,
             "--property" => props.push(val()?),
+            "--stats-config" => {
+                let v = val()?;
+                stats_config = if v == "none" {
+                    None
+                } else {
+                    Some(std::fs::read_to_string(&v).with_context(|| format!("reading {v}"))?)
+                };
+            }
             "--log-level" => {
                 log_level = match val()?.as_str() {
                     "trace" => 0,
@@ -80,6 +95,13 @@ fn real_main() -> Result<()> {
         opts.conn_props.insert(k.to_string(), v.as_bytes().to_vec());
     }
     let process = Process::new();
+    if let Some(sc) = stats_config {
+        let specs =
+            kafka_mesh_testhost::stats::parse_stats_config(&sc).context("--stats-config")?;
+        if let Ok(mut st) = process.stats.lock() {
+            st.tag_specs = specs;
+        }
+    }
     if let Ok(mut l) = process.echo_level.lock() {
         *l = Some(log_level);
     }
