@@ -7,7 +7,7 @@ SIDECAR := target/sidecar/wasm-sidecar
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: all setup build wasm sidecar test unit integration e2e lint fmt demo bench clean
+.PHONY: all setup build wasm sidecar test unit integration e2e manifests lint fmt demo bench clean
 
 all: build
 
@@ -16,7 +16,7 @@ setup:
 	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
 	@command -v tansu >/dev/null || { echo "installing tansu (about 15 minutes)"; cargo install tansu --locked --features dynostore; }
 	@test -x $(PY) || python3 -m venv $(VENV)
-	@$(PY) -c "import confluent_kafka, kafka, pytest" 2>/dev/null || $(VENV)/bin/pip install -q -r tests/e2e/requirements.txt
+	@$(PY) -c "import confluent_kafka, kafka, pytest, jsonschema, yaml" 2>/dev/null || $(PY) -m pip install -q -r tests/e2e/requirements.txt
 
 ## build: the filter (.wasm, size-tuned release) and the wasm-sidecar test host
 build: wasm sidecar
@@ -47,8 +47,13 @@ integration: wasm
 e2e: setup build
 	$(PY) -m pytest -q tests/e2e
 
-## test: lint, unit tests, the .wasm through the test host, real clients through tansu
-test: setup lint build unit integration e2e
+## manifests: our WasmPlugins against Istio's CRD schema and test cases, and their
+## pluginConfig against the filter's own configure-time validation
+manifests: setup build
+	$(PY) -m pytest -q tests/manifests
+
+## test: lint, unit tests, the .wasm through the test host, manifests, real clients through tansu
+test: setup lint build unit integration manifests e2e
 
 demo: setup build
 	$(PY) tests/e2e/demo.py

@@ -1,5 +1,7 @@
 """`make demo`: tansu + the filter in wasm-sidecar, real traffic through it, and what the
-filter saw. Policy (issue 4) and address rewriting (issue 5) are not built yet."""
+filter saw: per-topic produce/fetch totals, consumer lag, errors, latency. Policy (issue 4)
+and address rewriting (issue 5) are not built yet."""
+import json
 import socket
 import sys
 import tempfile
@@ -13,7 +15,8 @@ from test_e2e import consume_confluent, create_topics, expected_records, produce
 
 def main():
     tmp = Path(tempfile.mkdtemp(prefix="kmf-demo-"))
-    st = Stack(tmp, chunk=0, workers=2)
+    st = Stack(tmp, chunk=0, workers=2, config=json.dumps({"accessLog": {"enabled": True, "sampleRate": 0.1}}),
+               log_level="info")
     try:
         print(f"tansu on 127.0.0.1:{st.broker_port}, filter (wasm-sidecar, 2 worker VMs) on {st.bootstrap}")
         print(f"admin: http://127.0.0.1:{st.sidecar.admin}/stats/prometheus   logs: {tmp}\n")
@@ -29,6 +32,13 @@ def main():
             (k, v) for recs in expected.values() for k, v, _ in recs)
         print(f"consumed {len(got)} records through the filter; byte-identical: {identical}\n")
 
+        # A real error: produce to a topic that does not exist, with auto-creation off.
+        from confluent_kafka import Producer
+        missing = Producer({"bootstrap.servers": st.bootstrap, "allow.auto.create.topics": False,
+                            "message.timeout.ms": 1500})
+        missing.produce("no-such-topic", value=b"x")
+        missing.flush(3)
+
         # A malformed frame: a negative size. The default action closes the connection.
         with socket.create_connection(("127.0.0.1", st.sidecar.port)) as s:
             s.sendall(b"\xff\xff\xff\xf0garbage")
@@ -37,11 +47,40 @@ def main():
         print(f"malformed frame sent: connection closed by the filter: {closed}\n")
         time.sleep(0.2)
 
-        print("what the filter counted (Prometheus, as Envoy's admin would show it):")
-        for name, value in sorted(st.sidecar.stats().items()):
-            if "_bucket" not in name:
-                print(f"  {name:48} {value:>12.0f}")
-        print("\nnot yet: per-topic metrics (issue 3), policies (issue 4), address rewriting (issue 5)")
+        stats = st.sidecar.stats()
+        m = lambda fam, **kw: st.sidecar.metric(fam, stats, **kw)  # noqa: E731
+        seen = sorted({k.split('topic="')[1].split('"')[0] for k in stats if 'topic="' in k})
+        print("per topic, as the filter saw it (kafka_mesh_* series on /stats/prometheus):")
+        print(f"  {'topic':16} {'prod reqs':>9} {'batches':>8} {'records':>8} {'bytes':>9} "
+              f"{'fetch recs':>10} {'fetch bytes':>11} {'lag p0':>6} {'errors':>6}")
+        for t in seen:
+            print(f"  {t:16} {m('kafka_mesh_produce_requests_total', topic=t):>9.0f} "
+                  f"{m('kafka_mesh_produce_batches_total', topic=t):>8.0f} "
+                  f"{m('kafka_mesh_produce_records_total', topic=t):>8.0f} "
+                  f"{m('kafka_mesh_produce_bytes_total', topic=t):>9.0f} "
+                  f"{m('kafka_mesh_fetch_records_total', topic=t):>10.0f} "
+                  f"{m('kafka_mesh_fetch_bytes_total', topic=t):>11.0f} "
+                  f"{m('kafka_mesh_consumer_lag', topic=t, partition=0):>6.0f} "
+                  f"{m('kafka_mesh_topic_errors_total', topic=t):>6.0f}")
+        print("\nerrors by API and Kafka error code:")
+        for k, v in sorted(stats.items()):
+            if k.startswith("kafka_mesh_errors_total"):
+                print(f"  {k:72} {v:>6.0f}")
+        print("\nrequests and latency by API:")
+        apis = sorted({k.split('api="')[1].split('"')[0] for k in stats if k.startswith("kafka_mesh_responses_total")})
+        for a in apis:
+            n = m("kafka_mesh_request_latency_ms_count", api=a)
+            total = m("kafka_mesh_request_latency_ms_sum", api=a)
+            print(f"  {a:18} requests {m('kafka_mesh_requests_total', api=a):>6.0f}   "
+                  f"mean latency {total / n if n else 0:>6.1f} ms")
+        print(f"\nconnections {m('kafka_mesh_connections_total'):.0f}, "
+              f"malformed frames {m('kafka_mesh_malformed_total'):.0f}, "
+              f"acks=0 produces {m('kafka_mesh_produce_acks0_total'):.0f}")
+        logs = [line for line in st.sidecar.read_log().splitlines() if "kafka-mesh-filter access " in line]
+        if logs:
+            print("\nan access-log line (accessLog.sampleRate 0.1):")
+            print("  " + logs[0].split("kafka-mesh-filter access ", 1)[1])
+        print("\nnot yet: policies (issue 4), address rewriting (issue 5)")
     finally:
         st.stop()
 
