@@ -141,12 +141,24 @@ fn ratios() {
     let big = produce_frame(1, 1024 * 1024);
     let (ws, wb) = (time(&small, true), time(&big, true));
     let (hs, hb) = (time(&small, false), time(&big, false));
-    println!("ratio walked 1 MiB / 1 KiB batch: {:.2} ({wb:.0} ns / {ws:.0} ns; 17 callbacks vs 1)", wb / ws);
-    println!("ratio walked / header-only, 1 KiB batch: {:.2} ({ws:.0} ns / {hs:.0} ns)", ws / hs);
-    println!("ratio walked / header-only, 1 MiB batch: {:.2} ({wb:.0} ns / {hb:.0} ns)", wb / hb);
+    println!(
+        "ratio walked 1 MiB / 1 KiB batch: {:.2} ({wb:.0} ns / {ws:.0} ns; 17 callbacks vs 1)",
+        wb / ws
+    );
+    println!(
+        "ratio walked / header-only, 1 KiB batch: {:.2} ({ws:.0} ns / {hs:.0} ns)",
+        ws / hs
+    );
+    println!(
+        "ratio walked / header-only, 1 MiB batch: {:.2} ({wb:.0} ns / {hb:.0} ns)",
+        wb / hb
+    );
     let p256 = time(&produce_frame(256, 200), true);
     let p1 = time(&produce_frame(1, 200), true);
-    println!("per extra partition: {:.1} ns ({p256:.0} ns for 256, {p1:.0} ns for 1)", (p256 - p1) / 255.0);
+    println!(
+        "per extra partition: {:.1} ns ({p256:.0} ns for 256, {p1:.0} ns for 1)",
+        (p256 - p1) / 255.0
+    );
 }
 
 criterion_group!(benches, bench);
