@@ -32,7 +32,8 @@ def wait_port(port, timeout=30):
 
 
 class Sidecar:
-    def __init__(self, tmp, upstream, chunk=0, workers=1, config="{}", port=None, log_level="warn"):
+    def __init__(self, tmp, upstream, chunk=0, workers=1, config="{}", port=None, log_level="warn",
+                 properties=None):
         self.port, self.admin = port or free_port(), free_port()
         cfg = tmp / f"cfg-{self.port}.json"
         cfg.write_text(config)
@@ -42,6 +43,8 @@ class Sidecar:
                 "--workers", str(workers), "--log-level", log_level]
         if chunk:
             args += ["--chunk", str(chunk)]
+        for k, v in (properties or {}).items():
+            args += ["--property", f"{k}={v}"]
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
         wait_port(self.port)
         self.bootstrap = f"127.0.0.1:{self.port}"
@@ -89,7 +92,7 @@ class Stack:
     """tansu advertising the sidecar's address, so clients that follow the advertised broker
     address after bootstrap stay behind the filter, and the sidecar in front of it."""
 
-    def __init__(self, tmp, chunk=0, workers=1, config="{}", log_level="warn"):
+    def __init__(self, tmp, chunk=0, workers=1, config="{}", log_level="warn", properties=None):
         assert WASM.exists(), f"{WASM} missing: run `make build`"
         assert SIDECAR.exists(), f"{SIDECAR} missing: run `make build`"
         self.broker_port = free_port()
@@ -102,7 +105,7 @@ class Stack:
             stdout=self.tansu_log, stderr=subprocess.STDOUT)
         wait_port(self.broker_port)
         self.sidecar = Sidecar(tmp, f"127.0.0.1:{self.broker_port}", chunk, workers, config,
-                               port=sidecar_port, log_level=log_level)
+                               port=sidecar_port, log_level=log_level, properties=properties)
         self.bootstrap = self.sidecar.bootstrap
 
     def stop(self):

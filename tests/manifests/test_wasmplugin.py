@@ -158,3 +158,24 @@ def test_a_bad_plugin_config_is_rejected_with_its_path(tmp_path):
                        capture_output=True, text=True, timeout=30)
     assert r.returncode != 0
     assert ".metrics.families[1]" in r.stdout + r.stderr
+
+
+def test_policy_examples_in_manifests_are_the_tested_files():
+    import json
+    docs = {d["metadata"]["name"]: d for d in yaml.safe_load_all(
+        (MANIFESTS / "policies/wasmplugins.yaml").read_text()) if d}
+    for name in ["orders-producers", "mesh-principals", "audit"]:
+        want = json.loads((MANIFESTS / f"policies/{name}.json").read_text())
+        assert docs[f"kafka-policy-{name}"]["spec"]["pluginConfig"] == want, name
+
+
+def test_stats_tags_are_the_same_everywhere():
+    """The tags the test host extracts, the plain-Envoy config and Istio's extraStatTags."""
+    import json
+    shipped = [t["tag_name"] for t in json.loads((MANIFESTS / "envoy/stats_config.json").read_text())["stats_tags"]]
+    envoy = yaml.safe_load((MANIFESTS / "envoy/envoy.yaml").read_text())["stats_config"]["stats_tags"]
+    assert [t["tag_name"] for t in envoy] == shipped
+    assert all(t["regex"] == f"({t['tag_name']}=\\.=(.*?);\\.;)" for t in envoy)
+    patch = yaml.safe_load((MANIFESTS / "istio/proxy-config-patch.yaml").read_text())
+    proxy = yaml.safe_load(patch["spec"]["template"]["metadata"]["annotations"]["proxy.istio.io/config"])
+    assert proxy["extraStatTags"] == shipped

@@ -41,6 +41,11 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Optional per-request JSON log line.
     pub access_log: AccessLogConfig,
+    /// Produce/consume policy (see [`crate::policy`]). Absent: no enforcement.
+    pub policy: Option<crate::policy::PolicySpec>,
+    /// The validated policy, compiled at configure time.
+    #[serde(skip)]
+    pub compiled_policy: Option<crate::policy::Policy>,
 }
 
 /// Metric families. Each one is a set of Prometheus series; see the README's reference.
@@ -136,6 +141,8 @@ impl Default for Config {
             clamp_api_versions: true,
             metrics: MetricsConfig::default(),
             access_log: AccessLogConfig::default(),
+            policy: None,
+            compiled_policy: None,
         }
     }
 }
@@ -180,7 +187,11 @@ impl Config {
             };
             err(&path, e.into_inner().to_string())
         })?;
+        let mut cfg = cfg;
         cfg.validate()?;
+        if let Some(spec) = &cfg.policy {
+            cfg.compiled_policy = Some(crate::policy::Policy::compile(spec, ".policy")?);
+        }
         Ok(cfg)
     }
 

@@ -9,13 +9,17 @@ pub mod api;
 pub mod apiversions;
 pub mod collect;
 pub mod config;
+pub mod enforce;
 pub mod errors;
 pub mod header;
 pub mod labels;
+pub mod policy;
 pub mod reader;
 pub mod session;
 pub mod walk;
 
+#[cfg(test)]
+mod policy_tests;
 #[cfg(test)]
 mod session_tests;
 #[cfg(test)]

@@ -30,7 +30,9 @@ use crate::api::{self, API_VERSIONS, PRODUCE};
 use crate::apiversions::{self, Clamp};
 use crate::collect::{AccessTopics, Collector, FactSink, FetchOffsets};
 use crate::config::{Config, Family, MalformedAction};
+use crate::enforce::{self, Enforced, Note, Splice, TopicNames};
 use crate::header::{self, RequestHeader};
+use crate::policy::{Identity, Operation, Question};
 use crate::reader::{DecodeError, Reader};
 use crate::walk::{self, Schema, Step, Walker};
 
@@ -99,6 +101,11 @@ pub enum Malformed {
     HostError {
         what: &'static str,
     },
+    /// The policy closes the connection (`onDeny: close`, or a request it cannot inspect or
+    /// answer). Always closes, whatever `onMalformed` says.
+    PolicyClose {
+        reason: String,
+    },
 }
 
 impl std::fmt::Display for Malformed {
@@ -130,6 +137,7 @@ impl std::fmt::Display for Malformed {
                 )
             }
             Malformed::HostError { what } => write!(f, "host error in {what}"),
+            Malformed::PolicyClose { reason } => write!(f, "policy: {reason}"),
         }
     }
 }
@@ -144,6 +152,7 @@ impl Malformed {
             Malformed::CorrelationMismatch { .. } => "correlation_mismatch",
             Malformed::InflightOverflow { .. } => "inflight_overflow",
             Malformed::HostError { .. } => "host_error",
+            Malformed::PolicyClose { .. } => "policy_close",
         }
     }
 }
@@ -211,6 +220,20 @@ pub trait Observer: FactSink {
     fn rewrite_skipped(&mut self, _api_key: i16, _frame_bytes: u64) {}
     fn malformed(&mut self, _dir: Direction, _what: &Malformed, _action: MalformedAction) {}
     fn access_log(&mut self, _entry: &AccessLog) {}
+    /// A policy decision (allow, deny or would-deny), for per-rule counters and the log.
+    fn policy_note(&mut self, _note: &Note) {}
+    /// The name of a topic id, if the process has learned it (for policy decisions).
+    fn topic_name(&mut self, _id: &[u8; 16]) -> Option<String> {
+        None
+    }
+}
+
+/// Lets the policy ask the observer (the glue's shared topic-id map) for names.
+struct ObsNames<'a>(&'a mut dyn Observer);
+impl TopicNames for ObsNames<'_> {
+    fn name_of(&mut self, id: &[u8; 16]) -> Option<String> {
+        self.0.topic_name(id)
+    }
 }
 
 /// An observer that ignores everything (tests, benchmarks).
@@ -225,6 +248,17 @@ struct InFlight {
     api_version: i16,
     sent_ns: u64,
     access: Option<Box<AccessLog>>,
+    /// How the policy changes this request's response.
+    splice: Option<Box<Splice>>,
+}
+
+/// A splice waiting for the rewritten request to be queued.
+#[derive(Debug)]
+struct PendingSplice {
+    correlation_id: i32,
+    splice: Splice,
+    /// For probes: the API and version the client actually sent.
+    original: Option<(i16, i16)>,
 }
 
 /// The streaming walk of one frame's body (see [`crate::walk`]).
@@ -260,7 +294,13 @@ struct WalkPlan {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum HoldAction {
-    ClampApiVersions { version: i16 },
+    ClampApiVersions {
+        version: i16,
+    },
+    /// A request the policy must see whole.
+    Enforce,
+    /// A probe's answer, to be replaced by the synthesized response.
+    ReplaceResponse,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -340,6 +380,12 @@ enum HeadOutcome {
     Pass,
     Hold(HoldAction),
     Walk(Box<WalkPlan>),
+    /// Replace the first `old_len` bytes of the frame with `new_head`, then process the frame
+    /// again from its start.
+    ReplaceHead {
+        old_len: usize,
+        new_head: Vec<u8>,
+    },
     Malformed(Malformed),
 }
 
@@ -360,6 +406,12 @@ pub struct Session {
     /// Whether any request / response bodies are walked at all under this config.
     walk_requests: bool,
     walk_responses: bool,
+    /// Who is on the other end (principal, source address; SASL user when learned).
+    identity: Identity,
+    /// The correlation id of the request at the head that was already enforced (it is being
+    /// processed again, rewritten).
+    policy_done: Option<i32>,
+    pending_splice: Option<PendingSplice>,
     closed: bool,
 }
 
@@ -376,6 +428,9 @@ impl Session {
             sample_acc: 0.0,
             walk_requests: false,
             walk_responses: false,
+            identity: Identity::default(),
+            policy_done: None,
+            pending_splice: None,
             closed: false,
         }
         .with_walks(walks)
@@ -385,6 +440,11 @@ impl Session {
         self.walk_requests = req;
         self.walk_responses = resp;
         self
+    }
+
+    /// The connection's identity for policy decisions (set by the glue from Envoy properties).
+    pub fn set_identity(&mut self, id: Identity) {
+        self.identity = id;
     }
 
     /// Entries in the fetch-offset table (bounded by `metrics.maxLagPartitions`).
@@ -446,6 +506,11 @@ impl Session {
 
     fn give_up(&mut self, dir: Direction, m: &Malformed, obs: &mut dyn Observer) -> Verdict {
         let action = self.cfg.on_malformed;
+        let action = if matches!(m, Malformed::PolicyClose { .. }) {
+            MalformedAction::Close
+        } else {
+            action
+        };
         obs.malformed(dir, m, action);
         self.inflight.clear();
         self.req.phase = Phase::Bypass;
@@ -583,6 +648,23 @@ impl Session {
                             st.window = st.initial_window(dir);
                             st.phase = Phase::Walk;
                         }
+                        HeadOutcome::ReplaceHead { old_len, new_head } => {
+                            let mut out = if start > 0 {
+                                read_exact(buf, 0, start)?
+                            } else {
+                                Vec::new()
+                            };
+                            out.extend_from_slice(&new_head);
+                            if !buf.replace_front(start + old_len, &out) {
+                                return Err(Malformed::HostError {
+                                    what: "set_buffer_bytes",
+                                });
+                            }
+                            *len = *len - old_len + new_head.len();
+                            let st = self.dir_mut(dir);
+                            st.scan = start;
+                            st.next_frame(dir, start);
+                        }
                         HeadOutcome::Hold(action) => {
                             st.phase = Phase::Hold {
                                 start,
@@ -601,11 +683,17 @@ impl Session {
                     if *len < start + total {
                         return Ok(());
                     }
-                    let new_len = self.rewrite(dir, buf, start, total, action, obs)?;
+                    let (new_len, again) = self.rewrite(dir, buf, start, total, action, obs)?;
                     *len = *len - total + new_len;
                     let st = self.dir_mut(dir);
-                    st.scan = start + new_len;
-                    st.next_frame(dir, start + new_len);
+                    if again {
+                        // Process the rewritten frame from its start, as if it had arrived so.
+                        st.scan = start;
+                        st.next_frame(dir, start);
+                    } else {
+                        st.scan = start + new_len;
+                        st.next_frame(dir, start + new_len);
+                    }
                 }
             }
         }
@@ -632,6 +720,27 @@ impl Session {
             Err(e) => return decode_err(None, e),
         };
         let body_at = 4 + body.len().saturating_sub(rest.remaining());
+        if self.cfg.compiled_policy.is_some() && self.policy_done != Some(hdr.correlation_id) {
+            if let Some(out) = self.policy_gate(&hdr, total) {
+                return out;
+            }
+        }
+        let original = self
+            .pending_splice
+            .as_ref()
+            .filter(|p| p.correlation_id == hdr.correlation_id)
+            .and_then(|p| p.original);
+        let shown = match original {
+            Some((k, v)) => RequestHeader {
+                api_key: k,
+                api_version: v,
+                api: api::api_info(k),
+                version_known: true,
+                ..hdr.clone()
+            },
+            None => hdr.clone(),
+        };
+        let hdr = shown;
         let mut expects_response = true;
         if hdr.api_key == PRODUCE && hdr.version_known {
             match header::produce_acks(&hdr, rest) {
@@ -643,6 +752,15 @@ impl Session {
         if !hdr.version_known {
             obs.unknown_api(hdr.api_key, hdr.api_version);
         }
+        // From here on the head is complete: this frame is done with the policy.
+        self.policy_done = None;
+        let pending = match self.pending_splice.take() {
+            Some(p) if p.correlation_id == hdr.correlation_id => Some(p),
+            other => {
+                self.pending_splice = other;
+                None
+            }
+        };
         obs.request(&hdr, total as u64);
         if !expects_response {
             obs.produce_acks0();
@@ -676,7 +794,7 @@ impl Session {
                 error_code: None,
             })
         });
-        let schema = if self.walk_requests && hdr.version_known {
+        let schema = if self.walk_requests && hdr.version_known && original.is_none() {
             walk::request_schema(hdr.api_key, hdr.api_version)
         } else {
             None
@@ -692,6 +810,7 @@ impl Session {
                 api_version: hdr.api_version,
                 sent_ns: now_ns,
                 access: queued_access,
+                splice: pending.map(|p| Box::new(p.splice)),
             });
         } else if let Some(a) = queued_access {
             obs.access_log(&a); // acks=0 and not walked: nothing more will be learned
@@ -709,6 +828,63 @@ impl Session {
             })),
             None => HeadOutcome::Pass,
         }
+    }
+
+    /// Whether a request must be held for the policy (or cannot be let through at all).
+    fn policy_gate(&mut self, hdr: &RequestHeader<'_>, total: usize) -> Option<HeadOutcome> {
+        let cfg = self.cfg.clone();
+        let policy = cfg.compiled_policy.as_ref()?;
+        let id = Identity {
+            client_id: hdr
+                .client_id
+                .map(|c| String::from_utf8_lossy(c).into_owned()),
+            ..self.identity.clone()
+        };
+        let audit = policy.mode == crate::policy::Mode::Audit;
+        let api_denied = !policy.decide(&id, Question::Api(hdr.api_key)).allow;
+        let (need, min_version) = match hdr.api_key {
+            api::PRODUCE => (
+                api_denied
+                    || policy.may_deny_topics(&id, Operation::Produce)
+                    || policy.rules.iter().any(|r| r.has_transactional_ids()),
+                3,
+            ),
+            api::FETCH => (
+                api_denied || policy.may_deny_topics(&id, Operation::Consume),
+                4,
+            ),
+            20 => (
+                api_denied || policy.may_deny_topics(&id, Operation::Delete),
+                1,
+            ),
+            11..=14 => (true, 0),
+            _ => (api_denied, 0),
+        };
+        if !need {
+            return None;
+        }
+        let close =
+            |reason: String| Some(HeadOutcome::Malformed(Malformed::PolicyClose { reason }));
+        if !hdr.version_known || hdr.api_version < min_version {
+            if audit {
+                return None;
+            }
+            return close(format!(
+                "{} v{} cannot be inspected by the policy",
+                api::api_name(hdr.api_key),
+                hdr.api_version
+            ));
+        }
+        if total > cfg.max_buffered_frame_bytes as usize {
+            if audit {
+                return None;
+            }
+            return close(format!(
+                "{} request of {total} bytes exceeds maxBufferedFrameBytes and cannot be inspected",
+                api::api_name(hdr.api_key)
+            ));
+        }
+        Some(HeadOutcome::Hold(HoldAction::Enforce))
     }
 
     /// Deterministic access-log sampling: with rate r, one request in every 1/r.
@@ -752,6 +928,40 @@ impl Session {
                 self.acks0_recent.drain(..=pos);
                 obs.produce_acks0_answered();
                 return HeadOutcome::Pass;
+            }
+        }
+        if let Some(front) = self.inflight.front_mut() {
+            if front.correlation_id == correlation_id {
+                match front.splice.as_deref() {
+                    Some(Splice::Replace { .. }) => {
+                        return HeadOutcome::Hold(HoldAction::ReplaceResponse);
+                    }
+                    Some(Splice::Prepend { count, entries }) => {
+                        match prepend_head(front.api_key, front.api_version, head, *count, entries)
+                        {
+                            Ok(Some((old_len, new_head))) => {
+                                front.splice = None;
+                                return HeadOutcome::ReplaceHead { old_len, new_head };
+                            }
+                            Ok(None) if head.len() < total => return HeadOutcome::NeedMore,
+                            Ok(None) => {
+                                return HeadOutcome::Malformed(Malformed::Decode {
+                                    api_key: Some(front.api_key),
+                                    error: DecodeError::Truncated {
+                                        field: "response topics array",
+                                    },
+                                })
+                            }
+                            Err(error) => {
+                                return HeadOutcome::Malformed(Malformed::Decode {
+                                    api_key: Some(front.api_key),
+                                    error,
+                                })
+                            }
+                        }
+                    }
+                    None => {}
+                }
             }
         }
         let Some(req) = self.inflight.pop_front() else {
@@ -929,7 +1139,8 @@ impl Session {
         obs.access_log(&access);
     }
 
-    /// Replace the complete frame at `[start, start + total)`; returns its new length.
+    /// Replace the complete frame at `[start, start + total)`; returns its new length and
+    /// whether the (new) frame must be processed again from its start.
     fn rewrite(
         &mut self,
         dir: Direction,
@@ -938,13 +1149,28 @@ impl Session {
         total: usize,
         action: HoldAction,
         obs: &mut dyn Observer,
-    ) -> Result<usize, Malformed> {
+    ) -> Result<(usize, bool), Malformed> {
         let st = self.dir_mut(dir);
-        let have = st.head.len();
+        let have = st.head.len().min(total);
         let mut frame = std::mem::take(&mut st.head);
+        frame.truncate(have);
         let rest = read_exact(buf, start + have, total - have)?;
         frame.extend_from_slice(&rest);
-        let HoldAction::ClampApiVersions { version } = action;
+        let version = match action {
+            HoldAction::ClampApiVersions { version } => version,
+            HoldAction::Enforce => {
+                let new = self.enforce(&frame, obs)?;
+                return self
+                    .replace_frame(buf, start, total, new)
+                    .map(|n| (n, true));
+            }
+            HoldAction::ReplaceResponse => {
+                let new = self.replace_response(&frame)?;
+                return self
+                    .replace_frame(buf, start, total, new)
+                    .map(|n| (n, true));
+            }
+        };
         // ApiVersions responses always use response header v0: the body starts after the
         // size and the correlation id.
         let body = frame.get_mut(8..).unwrap_or(&mut []);
@@ -954,10 +1180,26 @@ impl Session {
                 error,
             })?;
         if clamps.is_empty() {
-            return Ok(total); // nothing to change: leave the host buffer untouched
+            return Ok((total, false)); // nothing to change: leave the host buffer untouched
         }
         apiversions::apply_clamps(body, &clamps);
         obs.api_versions_clamped(&clamps);
+        self.replace_frame(buf, start, total, Some(frame))
+            .map(|n| (n, false))
+    }
+
+    /// Put `new` (a whole frame) in place of the frame at `[start, start + total)`; `None`
+    /// leaves the buffer untouched. Returns the frame's length now.
+    fn replace_frame(
+        &mut self,
+        buf: &mut dyn HostBuffer,
+        start: usize,
+        total: usize,
+        new: Option<Vec<u8>>,
+    ) -> Result<usize, Malformed> {
+        let Some(frame) = new else {
+            return Ok(total);
+        };
         // Envoy can only drain-and-prepend at the front, so whatever precedes the frame in
         // this buffer (at most what arrived with it) is copied and written back with it.
         let mut out = if start > 0 {
@@ -973,12 +1215,189 @@ impl Session {
         }
         Ok(frame.len())
     }
+
+    /// Apply the policy to a complete request frame; the new frame, if it changes.
+    fn enforce(
+        &mut self,
+        frame: &[u8],
+        obs: &mut dyn Observer,
+    ) -> Result<Option<Vec<u8>>, Malformed> {
+        let cfg = self.cfg.clone();
+        let Some(policy) = cfg.compiled_policy.as_ref() else {
+            return Ok(None);
+        };
+        let body = frame.get(4..).unwrap_or(&[]);
+        let (hdr, rest) =
+            header::parse_request_header(body).map_err(|error| Malformed::Decode {
+                api_key: None,
+                error,
+            })?;
+        let body_at = 4 + body.len().saturating_sub(rest.remaining());
+        let id = Identity {
+            client_id: hdr
+                .client_id
+                .map(|c| String::from_utf8_lossy(c).into_owned()),
+            ..self.identity.clone()
+        };
+        let req_body = frame.get(body_at..).unwrap_or(&[]);
+        let (out, notes) = enforce::enforce_request(
+            policy,
+            &id,
+            &mut ObsNames(obs),
+            hdr.api_key,
+            hdr.api_version,
+            req_body,
+        )
+        .map_err(|error| Malformed::Decode {
+            api_key: Some(hdr.api_key),
+            error,
+        })?;
+        for n in &notes {
+            obs.policy_note(n);
+        }
+        let corr = hdr.correlation_id;
+        self.policy_done = Some(corr);
+        match out {
+            Enforced::Forward => Ok(None),
+            Enforced::Close { reason } => Err(Malformed::PolicyClose { reason }),
+            Enforced::Rewrite { body, splice } => {
+                let mut f = Vec::with_capacity(body_at + body.len());
+                f.extend_from_slice(frame.get(..body_at).unwrap_or(&[]));
+                f.extend_from_slice(&body);
+                set_size(&mut f);
+                if let Some(splice) = splice {
+                    self.pending_splice = Some(PendingSplice {
+                        correlation_id: corr,
+                        splice,
+                        original: None,
+                    });
+                }
+                Ok(Some(f))
+            }
+            Enforced::Probe { body } => {
+                // ApiVersions v0 with request header v1: api key, version, correlation id,
+                // client id; no body. Every broker answers it and nothing changes.
+                let mut f = vec![0, 0, 0, 0];
+                f.extend_from_slice(&API_VERSIONS.to_be_bytes());
+                f.extend_from_slice(&enforce::PROBE_API_VERSION.to_be_bytes());
+                f.extend_from_slice(&corr.to_be_bytes());
+                match hdr.client_id {
+                    Some(c) => {
+                        let n = i16::try_from(c.len()).unwrap_or(0);
+                        f.extend_from_slice(&n.to_be_bytes());
+                        f.extend_from_slice(c.get(..n as usize).unwrap_or(&[]));
+                    }
+                    None => f.extend_from_slice(&(-1i16).to_be_bytes()),
+                }
+                set_size(&mut f);
+                self.pending_splice = Some(PendingSplice {
+                    correlation_id: corr,
+                    splice: Splice::Replace { body },
+                    original: Some((hdr.api_key, hdr.api_version)),
+                });
+                Ok(Some(f))
+            }
+        }
+    }
+
+    /// The probe's answer has arrived whole: the client gets the synthesized response of the
+    /// API it sent instead.
+    fn replace_response(&mut self, frame: &[u8]) -> Result<Option<Vec<u8>>, Malformed> {
+        let Some(front) = self.inflight.front_mut() else {
+            return Ok(None);
+        };
+        let Some(splice) = front.splice.take() else {
+            return Ok(None);
+        };
+        let Splice::Replace { body } = *splice else {
+            return Ok(None);
+        };
+        let mut f = vec![0, 0, 0, 0];
+        f.extend_from_slice(frame.get(4..8).unwrap_or(&[0, 0, 0, 0]));
+        if api::api_info(front.api_key)
+            .is_some_and(|a| a.response_header_version(front.api_version) >= 1)
+        {
+            f.push(0); // response header v1: no tagged fields
+        }
+        f.extend_from_slice(&body);
+        set_size(&mut f);
+        Ok(Some(f))
+    }
 }
 
 impl WalkState {
     fn collector_api(&self) -> i16 {
         self.collector.api_key()
     }
+}
+
+/// Write the size prefix of a frame built in memory.
+fn set_size(f: &mut [u8]) {
+    let size = i32::try_from(f.len().saturating_sub(4)).unwrap_or(i32::MAX);
+    if let Some(p) = f.get_mut(..4) {
+        p.copy_from_slice(&size.to_be_bytes());
+    }
+}
+
+/// For [`Splice::Prepend`]: from a response head, the bytes through the top-level topics array
+/// count and the new head (size fixed, count raised, `entries` after it). `Ok(None)` when the
+/// head does not reach the count yet.
+fn prepend_head(
+    api_key: i16,
+    version: i16,
+    head: &[u8],
+    count: u32,
+    entries: &[u8],
+) -> Result<Option<(usize, Vec<u8>)>, DecodeError> {
+    let info = api::api_info(api_key);
+    let flexible = info.is_some_and(|a| a.is_flexible(version));
+    let header_v1 = info.is_some_and(|a| a.response_header_version(version) >= 1);
+    let Some(prefix) = enforce::prepend_prefix_len(api_key, version) else {
+        return Err(DecodeError::Invalid {
+            field: "splice",
+            reason: "no topics array to prepend to",
+        });
+    };
+    let body = head.get(8..).unwrap_or(&[]);
+    let mut r = Reader::new(body);
+    let parsed = (|| -> Result<(usize, u32, usize), DecodeError> {
+        if header_v1 {
+            r.skip_tagged_fields("response_header.tagged_fields")?;
+        }
+        r.skip(prefix, "response prefix")?;
+        let at = r.position();
+        let old = if flexible {
+            r.uvarint("topics")?.saturating_sub(1)
+        } else {
+            u32::try_from(r.i32("topics")?.max(0)).unwrap_or(0)
+        };
+        Ok((at, old, r.position()))
+    })();
+    let (at, old, end) = match parsed {
+        Ok(x) => x,
+        Err(e) if e.is_truncated() => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let new = old.saturating_add(count);
+    let mut out = Vec::with_capacity(8 + end + 5 + entries.len());
+    out.extend_from_slice(head.get(..8 + at).unwrap_or(&[]));
+    if flexible {
+        crate::reader::put_uvarint(&mut out, new.saturating_add(1));
+    } else {
+        out.extend_from_slice(&i32::try_from(new).unwrap_or(i32::MAX).to_be_bytes());
+    }
+    out.extend_from_slice(entries);
+    // The frame grows by what the head grew by.
+    let old_size = i32::from_be_bytes(size_bytes(head));
+    let grow = out.len() as i64 - (8 + end) as i64;
+    let size = i32::try_from(i64::from(old_size) + grow).map_err(|_| DecodeError::Invalid {
+        field: "frame",
+        reason: "spliced frame too large",
+    })?;
+    if let Some(p) = out.get_mut(..4) {
+        p.copy_from_slice(&size.to_be_bytes());
+    }
+    Ok(Some((8 + end, out)))
 }
 
 /// Which directions' bodies this config needs walked.

@@ -58,6 +58,9 @@ pub enum Ty {
     Records,
     /// An array of structs.
     Array(&'static [Field]),
+    /// An array of plain values written as a one-field struct without tagged fields (e.g.
+    /// DeleteTopics v0-5 `topic_names`, an array of strings).
+    Plain(&'static [Field]),
     /// An array of int32 / int64, skipped whole.
     I32Array,
     I64Array,
@@ -164,6 +167,24 @@ static FETCH_REQ: &[Field] = &[
     f(Topics, Array(FETCH_REQ_TOPIC), 0),
     f(Skip, Stop, 0), // forgotten_topics_data, rack_id: not needed
 ];
+static FETCH_FORGOTTEN: &[Field] = &[
+    fr(Skip, Str, 7, 12),
+    f(Skip, Uuid, 13),
+    f(Skip, I32Array, 7),
+];
+/// The whole Fetch request, for validating it before kafka-protocol decodes it.
+static FETCH_REQ_FULL: &[Field] = &[
+    fr(Skip, I32, 0, 14),
+    f(Skip, I32, 0),
+    f(Skip, I32, 0),
+    f(Skip, I32, 3),
+    f(Skip, I8, 4),
+    f(Skip, I32, 7),
+    f(Skip, I32, 7),
+    f(Topics, Array(FETCH_REQ_TOPIC), 0),
+    f(Skip, Array(FETCH_FORGOTTEN), 7),
+    f(Skip, Str, 11), // rack_id
+];
 static FETCH_ABORTED: &[Field] = &[f(Skip, I64, 0), f(Skip, I64, 0)];
 static FETCH_RESP_PART: &[Field] = &[
     f(Partition, I32, 0),
@@ -237,6 +258,15 @@ static OFFSET_COMMIT_RESP: &[Field] = &[
     f(Topics, Array(OFFSET_COMMIT_RESP_TOPIC), 0),
 ];
 
+// ---- DeleteTopics (api 20), v1+ ----------------------------------------------------------
+static DELETE_TOPICS_REQ_TOPIC: &[Field] = &[f(Topic, Str, 0), f(TopicId, Uuid, 0)];
+static DELETE_TOPICS_REQ_NAME: &[Field] = &[f(Topic, Str, 0)];
+static DELETE_TOPICS_REQ: &[Field] = &[
+    f(Topics, Array(DELETE_TOPICS_REQ_TOPIC), 6),
+    fr(Topics, Plain(DELETE_TOPICS_REQ_NAME), 0, 5),
+    f(Skip, I32, 0), // timeout_ms
+];
+
 // ---- Others with a simple error layout -----------------------------------------------------
 static FIND_COORDINATOR_ITEM: &[Field] = &[
     f(Skip, Str, 0), // key
@@ -282,6 +312,12 @@ const fn schema(min_version: i16, fields: &'static [Field]) -> Schema {
 static S_PRODUCE_REQ: Schema = schema(3, PRODUCE_REQ);
 static S_PRODUCE_RESP: Schema = schema(3, PRODUCE_RESP);
 static S_FETCH_REQ: Schema = schema(4, FETCH_REQ);
+/// Complete request schemas: a walk that ends without error proves every count and length in
+/// the frame fits the bytes present, the precondition for handing it to kafka-protocol.
+pub static S_PRODUCE_REQ_FULL: Schema = schema(3, PRODUCE_REQ);
+pub static S_FETCH_REQ_FULL: Schema = schema(4, FETCH_REQ_FULL);
+pub static S_DELETE_TOPICS_REQ: Schema = schema(1, DELETE_TOPICS_REQ);
+pub static S_METADATA_RESP_FULL: Schema = schema(0, METADATA_RESP);
 static S_FETCH_RESP: Schema = schema(4, FETCH_RESP);
 static S_METADATA_RESP: Schema = schema(0, METADATA_RESP);
 static S_GROUP_REQ: Schema = schema(0, GROUP_REQ);
@@ -381,6 +417,8 @@ struct Level {
     left: u32,
     id: F,
     tags_done: bool,
+    /// Elements carry a tagged-field section (structs in flexible versions).
+    tags: bool,
 }
 
 const EMPTY_LEVEL: Level = Level {
@@ -389,6 +427,7 @@ const EMPTY_LEVEL: Level = Level {
     left: 0,
     id: F::Skip,
     tags_done: true,
+    tags: false,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -428,6 +467,7 @@ impl Walker {
                 left: 1,
                 id: F::Skip,
                 tags_done: false,
+                tags: flexible,
             };
         }
         Walker {
@@ -539,7 +579,7 @@ impl Walker {
                 reason: "empty walk stack",
             })?;
         let Some(field) = lvl.fields.get(lvl.idx).copied() else {
-            if flexible && !lvl.tags_done {
+            if lvl.tags && !lvl.tags_done {
                 let n = r.uvarint("tagged_fields")?;
                 lvl.tags_done = true;
                 self.mode = Mode::Tags { left: n };
@@ -607,8 +647,9 @@ impl Walker {
                 let size: u64 = if matches!(field.ty, I32Array) { 4 } else { 8 };
                 Step::Skip(u64::from(n).saturating_mul(size))
             }
-            Array(sub) => {
+            Array(sub) | Plain(sub) => {
                 let n = count(r, flexible, name)?;
+                let tags = flexible && matches!(field.ty, Array(_));
                 lvl.idx += 1;
                 if n > 0 {
                     let slot = self.stack.get_mut(depth).ok_or(DecodeError::Invalid {
@@ -621,6 +662,7 @@ impl Walker {
                         left: n,
                         id: field.id,
                         tags_done: false,
+                        tags,
                     };
                     self.depth += 1;
                     if field.id != F::Skip {
@@ -732,4 +774,38 @@ fn count(r: &mut Reader<'_>, flexible: bool, field: &'static str) -> DecodeResul
             }),
         }
     }
+}
+
+/// Walk a complete in-memory body (no header) to its end. `Err` when it is malformed, ends
+/// early, or has bytes past the end of the schema: a body that passes has every array count
+/// and length bounded by the bytes present.
+pub fn walk_all<'a>(
+    schema: &'static Schema,
+    version: i16,
+    flexible: bool,
+    body: &'a [u8],
+    emit: Emit<'_, 'a>,
+) -> DecodeResult<()> {
+    let mut w = Walker::new(schema, version, flexible, false);
+    let mut r = Reader::new(body);
+    loop {
+        match w.step(&mut r, emit)? {
+            Step::Advanced => {}
+            Step::Skip(n) => {
+                let n = usize::try_from(n).map_err(|_| DecodeError::Invalid {
+                    field: "field",
+                    reason: "length does not fit",
+                })?;
+                r.skip(n, "field")?;
+            }
+            Step::Done => break,
+        }
+    }
+    if !r.is_empty() {
+        return Err(DecodeError::Invalid {
+            field: "frame",
+            reason: "bytes after the end of the message",
+        });
+    }
+    Ok(())
 }

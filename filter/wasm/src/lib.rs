@@ -18,9 +18,11 @@ use kafka_mesh_core::api;
 use kafka_mesh_core::apiversions::Clamp;
 use kafka_mesh_core::collect::{FactSink, TopicRef};
 use kafka_mesh_core::config::{Config, Family, MalformedAction};
+use kafka_mesh_core::enforce::{Note, Outcome};
 use kafka_mesh_core::errors;
 use kafka_mesh_core::header::RequestHeader;
 use kafka_mesh_core::labels::{self, LabelKind, Labels, SharedStore, TopicIds, OVERFLOW};
+use kafka_mesh_core::policy::Identity;
 use kafka_mesh_core::session::{
     AccessLog, Direction, HostBuffer, Malformed, Observer, Session, Verdict,
 };
@@ -114,7 +116,15 @@ struct Registry {
     ids: HashMap<String, u32>,
     labels: Labels,
     topic_ids: TopicIds,
+    /// Token bucket for policy log lines: at most `LOG_BURST` at once, refilled at
+    /// `LOG_PER_SEC` per second, so a denied client in a retry loop cannot flood Envoy's log.
+    log_tokens: f64,
+    log_last_ns: u64,
+    log_dropped: u64,
 }
+
+const LOG_BURST: f64 = 20.0;
+const LOG_PER_SEC: f64 = 5.0;
 
 impl Registry {
     fn metric(&mut self, ty: MetricType, family: &str, tags: &[(&str, &str)]) -> Option<u32> {
@@ -220,6 +230,9 @@ impl RootContext for Root {
                     ids: HashMap::new(),
                     labels: Labels::default(),
                     topic_ids: TopicIds::default(),
+                    log_tokens: LOG_BURST,
+                    log_last_ns: 0,
+                    log_dropped: 0,
                 })));
             }
         }
@@ -476,6 +489,51 @@ impl Observer for GlueObserver<'_> {
         );
     }
 
+    fn policy_note(&mut self, note: &Note) {
+        self.r.count(
+            "kafka_mesh_policy_decisions_total",
+            &[
+                ("rule", note.rule.as_str()),
+                ("decision", note.outcome.as_str()),
+            ],
+            1,
+        );
+        if note.outcome == Outcome::Allow {
+            return;
+        }
+        let now = now_ns();
+        let r = &mut *self.r;
+        let elapsed = now.saturating_sub(r.log_last_ns) as f64 / 1e9;
+        r.log_last_ns = now;
+        r.log_tokens = (r.log_tokens + elapsed * LOG_PER_SEC).min(LOG_BURST);
+        if r.log_tokens < 1.0 {
+            r.log_dropped += 1;
+            return;
+        }
+        r.log_tokens -= 1.0;
+        let dropped = std::mem::take(&mut r.log_dropped);
+        let more = if dropped > 0 {
+            format!(" ({dropped} similar lines suppressed)")
+        } else {
+            String::new()
+        };
+        log(
+            LogLevel::Info,
+            &format!(
+                "kafka-mesh-filter policy {}: {} by rule {:?}, client gets {}{more}",
+                note.outcome.as_str(),
+                note.what,
+                note.rule,
+                errors::error_name(note.code)
+            ),
+        );
+    }
+
+    fn topic_name(&mut self, id: &[u8; 16]) -> Option<String> {
+        let max = self.r.cfg.metrics.max_topic_ids;
+        self.r.topic_ids.resolve(&mut HostShared, id, max)
+    }
+
     fn access_log(&mut self, entry: &AccessLog) {
         log(
             LogLevel::Info,
@@ -513,6 +571,31 @@ impl Conn {
     }
 }
 
+/// The connection's identity from Envoy attributes (envoyproxy/envoy
+/// `source/extensions/filters/common/expr/context.cc`: `connection.uri_san_peer_certificate`
+/// is the peer certificate's first URI SAN, the SPIFFE id under Istio mTLS;
+/// `source.address` is "ip:port").
+fn identity() -> Identity {
+    let prop = |path: Vec<&str>| -> Option<String> {
+        match hostcalls::get_property(path) {
+            Ok(Some(v)) if !v.is_empty() => Some(String::from_utf8_lossy(&v).into_owned()),
+            _ => None,
+        }
+    };
+    let source = prop(vec!["source", "address"]).and_then(|a| {
+        a.parse::<std::net::SocketAddr>()
+            .map(|s| s.ip())
+            .ok()
+            .or_else(|| a.parse::<std::net::IpAddr>().ok())
+    });
+    Identity {
+        principal: prop(vec!["connection", "uri_san_peer_certificate"]),
+        sasl_user: None,
+        source,
+        client_id: None,
+    }
+}
+
 impl Context for Conn {
     fn on_done(&mut self) -> bool {
         self.release();
@@ -522,6 +605,7 @@ impl Context for Conn {
 
 impl StreamContext for Conn {
     fn on_new_connection(&mut self) -> Action {
+        self.session.set_identity(identity());
         if let Ok(r) = self.registry.try_borrow() {
             add(r.fixed.connections_total, 1);
             let _ = hostcalls::increment_metric(r.fixed.connections_active, 1);

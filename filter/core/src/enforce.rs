@@ -1,0 +1,674 @@
+//! Applying the policy to one complete request, and what the response must then look like.
+//!
+//! The proxy-wasm ABI has no call that injects bytes towards the client (Envoy's
+//! `proxy_set_buffer_bytes` edits only the buffer of the current callback), so a denial is
+//! expressed inside the request/response pair the client is already waiting for:
+//!
+//! - **Topic-level denial** (Produce, Fetch, DeleteTopics): the denied topics or partitions
+//!   are removed from the request before it reaches the broker, and their error entries are
+//!   *prepended* to the top-level topics array of the broker's response ([`Splice::Prepend`]):
+//!   only the response head (through the array count) is rewritten, the rest streams through
+//!   unbuffered, however large (a Fetch response full of records). If nothing is left, the
+//!   request goes on with zero topics and the broker still answers it.
+//! - **Whole-request denial** (a denied API key, a denied consumer group): the request is
+//!   replaced by an ApiVersions v0 request with the same correlation id — a request every
+//!   broker answers without side effects — and its answer is replaced by the synthesized
+//!   error response of the original API and version ([`Splice::Replace`]).
+//!
+//! Correlation ids and response order are untouched: the broker still sees one request per
+//! client request, in order. Kroxylicious' "short-circuit response" is the model; it can send
+//! a response itself, a Wasm network filter cannot.
+//!
+//! kafka-protocol decodes a request only after [`walk::walk_all`] has proved that its counts
+//! and lengths fit the bytes present.
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::{
+    delete_topics_response, fetch_response, produce_response, DeleteTopicsRequest, FetchRequest,
+    HeartbeatResponse, JoinGroupResponse, LeaveGroupResponse, ProduceRequest, SyncGroupResponse,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+
+use crate::api;
+use crate::policy::{AcksValue, Codec, Identity, Operation, Policy, Question};
+use crate::reader::{DecodeError, DecodeResult, Reader};
+use crate::walk::{self, Event, F};
+
+pub const TOPIC_AUTHORIZATION_FAILED: i16 = 29;
+pub const GROUP_AUTHORIZATION_FAILED: i16 = 30;
+pub const CLUSTER_AUTHORIZATION_FAILED: i16 = 31;
+pub const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
+pub const INVALID_REQUIRED_ACKS: i16 = 21;
+pub const RECORD_LIST_TOO_LARGE: i16 = 18;
+pub const UNSUPPORTED_COMPRESSION_TYPE: i16 = 76;
+
+const JOIN_GROUP: i16 = 11;
+const HEARTBEAT: i16 = 12;
+const LEAVE_GROUP: i16 = 13;
+const SYNC_GROUP: i16 = 14;
+const DELETE_TOPICS: i16 = 20;
+
+/// Names for topic ids (the map learned from Metadata responses).
+pub trait TopicNames {
+    fn name_of(&mut self, id: &[u8; 16]) -> Option<String>;
+}
+
+/// What happens to the response of a rewritten request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Splice {
+    /// Prepend `count` encoded elements to the response's top-level topics array.
+    Prepend { count: u32, entries: Vec<u8> },
+    /// Replace the response body (after the response header) with this one.
+    Replace { body: Vec<u8> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enforced {
+    /// Nothing denied: relay the request as it is.
+    Forward,
+    /// Relay `body` instead of the request body (same header); splice the response.
+    Rewrite {
+        body: Vec<u8>,
+        splice: Option<Splice>,
+    },
+    /// Relay an ApiVersions v0 probe with the same correlation id; answer with `body`.
+    Probe { body: Vec<u8> },
+    /// Close the connection (`onDeny: close`, or a denial the filter cannot express).
+    Close { reason: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Allow,
+    Deny,
+    /// Audit mode: would have been denied.
+    WouldDeny,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Allow => "allow",
+            Outcome::Deny => "deny",
+            Outcome::WouldDeny => "would_deny",
+        }
+    }
+}
+
+/// One decision, for the per-rule counters and the (rate-limited) log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    pub rule: String,
+    pub outcome: Outcome,
+    pub what: String,
+    /// The Kafka error the client gets (0 when allowed).
+    pub code: i16,
+}
+
+struct Judge<'p> {
+    policy: &'p Policy,
+    id: &'p Identity,
+    notes: Vec<Note>,
+}
+
+impl Judge<'_> {
+    /// Decide and record. Returns whether the request part goes through (audit: always).
+    fn ok(&mut self, q: Question<'_>, what: impl FnOnce() -> String, code: i16) -> bool {
+        let d = self.policy.decide(self.id, q);
+        self.record(d.allow, self.policy.rule_name(d).to_string(), what(), code)
+    }
+
+    fn record(&mut self, allow: bool, rule: String, what: String, code: i16) -> bool {
+        let audit = self.policy.mode == crate::policy::Mode::Audit;
+        let outcome = match (allow, audit) {
+            (true, _) => Outcome::Allow,
+            (false, true) => Outcome::WouldDeny,
+            (false, false) => Outcome::Deny,
+        };
+        self.notes.push(Note {
+            rule,
+            outcome,
+            what,
+            code: if outcome == Outcome::Deny { code } else { 0 },
+        });
+        outcome != Outcome::Deny
+    }
+
+    fn denied_any(&self) -> bool {
+        self.notes.iter().any(|n| n.outcome == Outcome::Deny)
+    }
+}
+
+fn kp_err(_e: impl std::fmt::Debug) -> DecodeError {
+    DecodeError::Invalid {
+        field: "message",
+        reason: "rejected by the kafka-protocol decoder",
+    }
+}
+
+fn encode<T: Encodable>(v: &T, version: i16) -> DecodeResult<Vec<u8>> {
+    let mut b = BytesMut::new();
+    v.encode(&mut b, version)
+        .map_err(|_| DecodeError::Invalid {
+            field: "message",
+            reason: "cannot encode the rewritten message",
+        })?;
+    Ok(b.to_vec())
+}
+
+/// Apply `policy` to a complete request body (the bytes after the request header).
+pub fn enforce_request(
+    policy: &Policy,
+    id: &Identity,
+    names: &mut dyn TopicNames,
+    api_key: i16,
+    version: i16,
+    body: &[u8],
+) -> DecodeResult<(Enforced, Vec<Note>)> {
+    let flexible = api::api_info(api_key).is_some_and(|a| a.is_flexible(version));
+    let mut j = Judge {
+        policy,
+        id,
+        notes: Vec::new(),
+    };
+    let api_name = api::api_name(api_key);
+    let api_ok = j.ok(
+        Question::Api(api_key),
+        || format!("api {api_name}"),
+        CLUSTER_AUTHORIZATION_FAILED,
+    );
+    let forced = if api_ok {
+        None
+    } else {
+        Some(CLUSTER_AUTHORIZATION_FAILED)
+    };
+    let out = match api_key {
+        api::PRODUCE if version >= 3 => produce(&mut j, names, version, flexible, body, forced)?,
+        api::FETCH if version >= 4 => fetch(&mut j, names, version, flexible, body, forced)?,
+        DELETE_TOPICS if version >= 1 => {
+            delete_topics(&mut j, names, version, flexible, body, forced)?
+        }
+        JOIN_GROUP | HEARTBEAT | LEAVE_GROUP | SYNC_GROUP => {
+            let mut r = Reader::new(body);
+            let group = String::from_utf8_lossy(r.string_v(flexible, "group_id")?).into_owned();
+            let code = match forced {
+                Some(c) => Some(c),
+                None => {
+                    let ok = j.ok(
+                        Question::Group(&group),
+                        || format!("group {group} ({api_name})"),
+                        GROUP_AUTHORIZATION_FAILED,
+                    );
+                    (!ok).then_some(GROUP_AUTHORIZATION_FAILED)
+                }
+            };
+            match code {
+                Some(c) => Enforced::Probe {
+                    body: group_error(api_key, version, c)?,
+                },
+                None => Enforced::Forward,
+            }
+        }
+        _ => match forced {
+            Some(_) => Enforced::Close {
+                reason: format!(
+                    "{api_name} v{version} is denied and the filter has no error response for it"
+                ),
+            },
+            None => Enforced::Forward,
+        },
+    };
+    let out = if j.denied_any() && policy.on_deny == crate::policy::OnDeny::Close {
+        Enforced::Close {
+            reason: "denied request with onDeny: close".to_string(),
+        }
+    } else {
+        out
+    };
+    Ok((out, j.notes))
+}
+
+fn group_error(api_key: i16, version: i16, code: i16) -> DecodeResult<Vec<u8>> {
+    match api_key {
+        JOIN_GROUP => encode(
+            &JoinGroupResponse::default()
+                .with_error_code(code)
+                .with_generation_id(-1),
+            version,
+        ),
+        SYNC_GROUP => encode(&SyncGroupResponse::default().with_error_code(code), version),
+        HEARTBEAT => encode(&HeartbeatResponse::default().with_error_code(code), version),
+        _ => encode(
+            &LeaveGroupResponse::default().with_error_code(code),
+            version,
+        ),
+    }
+}
+
+/// A topic as policy sees it.
+enum Named {
+    Name(String),
+    /// An id nobody has named yet, let through (no deny could apply, or configured so).
+    Pass,
+    /// An id nobody has named yet, denied.
+    Deny,
+}
+
+fn topic_name(
+    j: &mut Judge<'_>,
+    names: &mut dyn TopicNames,
+    name: &str,
+    id: &[u8; 16],
+    by_id: bool,
+    op: Operation,
+) -> Named {
+    if !by_id {
+        return Named::Name(name.to_string());
+    }
+    if let Some(n) = names.name_of(id) {
+        return Named::Name(n);
+    }
+    // Unknown id: deny if any deny could apply (unless configured otherwise).
+    let could_deny = j.policy.may_deny_topics(j.id, op);
+    let allow = !could_deny || j.policy.unknown_topic_ids == crate::policy::Action::Allow;
+    let hexid = crate::collect::hex(id);
+    let pass = j.record(
+        allow,
+        "unknownTopicIds".to_string(),
+        format!("{} topic id {hexid}", op.as_str()),
+        TOPIC_AUTHORIZATION_FAILED,
+    );
+    if pass {
+        Named::Pass
+    } else {
+        Named::Deny
+    }
+}
+
+/// The error code for a topic-level question (0: allowed).
+fn topic_code(j: &mut Judge<'_>, named: Named, op: Operation) -> i16 {
+    match named {
+        Named::Pass => 0,
+        Named::Deny => TOPIC_AUTHORIZATION_FAILED,
+        Named::Name(n) => {
+            if j.ok(
+                Question::Topic(op, &n),
+                || format!("{} {n}", op.as_str()),
+                TOPIC_AUTHORIZATION_FAILED,
+            ) {
+                0
+            } else {
+                TOPIC_AUTHORIZATION_FAILED
+            }
+        }
+    }
+}
+
+fn produce(
+    j: &mut Judge<'_>,
+    names: &mut dyn TopicNames,
+    version: i16,
+    flexible: bool,
+    body: &[u8],
+    forced: Option<i16>,
+) -> DecodeResult<Enforced> {
+    // Validate, and note every batch header (size, codec) per (topic, partition) position.
+    let mut batches: Vec<(usize, usize, walk::Batch)> = Vec::new();
+    let (mut ti, mut pi) = (0usize, 0usize);
+    let mut t_seen = false;
+    walk::walk_all(
+        &walk::S_PRODUCE_REQ_FULL,
+        version,
+        flexible,
+        body,
+        &mut |ev| match ev {
+            Event::Begin(F::Topics) => {
+                if t_seen {
+                    ti += 1;
+                }
+                t_seen = true;
+                pi = usize::MAX;
+            }
+            Event::Begin(F::Partitions) => pi = pi.wrapping_add(1),
+            Event::Batch(b) => batches.push((ti, pi, b)),
+            _ => {}
+        },
+    )?;
+    let req = ProduceRequest::decode(&mut Bytes::copy_from_slice(body), version).map_err(kp_err)?;
+    let by_id = version >= 13;
+    let mut txn_code = forced;
+    if txn_code.is_none() {
+        if let Some(t) = req.transactional_id.as_ref() {
+            let t = t.to_string();
+            if !j.ok(
+                Question::TransactionalId(&t),
+                || format!("transactional id {t}"),
+                TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+            ) {
+                txn_code = Some(TRANSACTIONAL_ID_AUTHORIZATION_FAILED);
+            }
+        }
+    }
+    let mut kept = Vec::new();
+    let mut denied: Vec<produce_response::TopicProduceResponse> = Vec::new();
+    for (t_idx, topic) in req.topic_data.iter().enumerate() {
+        let codes: Vec<i16> = match txn_code {
+            Some(c) => vec![c; topic.partition_data.len()],
+            None => {
+                let n = topic.partition_data.len();
+                match topic_name(
+                    j,
+                    names,
+                    &topic.name.0,
+                    topic.topic_id.as_bytes(),
+                    by_id,
+                    Operation::Produce,
+                ) {
+                    Named::Pass => vec![0; n],
+                    Named::Deny => vec![TOPIC_AUTHORIZATION_FAILED; n],
+                    Named::Name(name) => produce_codes(j, &name, topic, t_idx, &batches, req.acks),
+                }
+            }
+        };
+        let mut keep_parts = Vec::new();
+        let mut deny_parts = Vec::new();
+        for (p, code) in topic.partition_data.iter().zip(codes) {
+            if code == 0 {
+                keep_parts.push(p.clone());
+            } else {
+                deny_parts.push(
+                    produce_response::PartitionProduceResponse::default()
+                        .with_index(p.index)
+                        .with_error_code(code)
+                        .with_base_offset(-1)
+                        .with_log_append_time_ms(-1)
+                        .with_log_start_offset(-1)
+                        .with_error_message(Some(StrBytes::from_static_str(
+                            "denied by kafka-mesh-filter policy",
+                        ))),
+                );
+            }
+        }
+        if !keep_parts.is_empty() {
+            kept.push(topic.clone().with_partition_data(keep_parts));
+        }
+        if !deny_parts.is_empty() {
+            denied.push(
+                produce_response::TopicProduceResponse::default()
+                    .with_name(topic.name.clone())
+                    .with_topic_id(topic.topic_id)
+                    .with_partition_responses(deny_parts),
+            );
+        }
+    }
+    if denied.is_empty() {
+        return Ok(Enforced::Forward);
+    }
+    let new_req = req.clone().with_topic_data(kept);
+    let splice = if req.acks == 0 {
+        None // no response will come
+    } else {
+        let mut entries = Vec::new();
+        for d in &denied {
+            entries.extend(encode(d, version)?);
+        }
+        Some(Splice::Prepend {
+            count: u32::try_from(denied.len()).unwrap_or(u32::MAX),
+            entries,
+        })
+    };
+    Ok(Enforced::Rewrite {
+        body: encode(&new_req, version)?,
+        splice,
+    })
+}
+
+/// Per-partition error codes for one produced topic (0 = allowed).
+fn produce_codes(
+    j: &mut Judge<'_>,
+    name: &str,
+    topic: &kafka_protocol::messages::produce_request::TopicProduceData,
+    t_idx: usize,
+    batches: &[(usize, usize, walk::Batch)],
+    acks: i16,
+) -> Vec<i16> {
+    let n = topic.partition_data.len();
+    let d = j
+        .policy
+        .decide(j.id, Question::Topic(Operation::Produce, name));
+    let rule = j.policy.rule_name(d).to_string();
+    if !d.allow {
+        let pass = j.record(
+            false,
+            rule,
+            format!("produce {name}"),
+            TOPIC_AUTHORIZATION_FAILED,
+        );
+        return vec![if pass { 0 } else { TOPIC_AUTHORIZATION_FAILED }; n];
+    }
+    let constraints = d
+        .rule
+        .and_then(|i| j.policy.rules.get(i))
+        .and_then(|r| r.produce.clone());
+    let Some(c) = constraints else {
+        j.record(true, rule, format!("produce {name}"), 0);
+        return vec![0; n];
+    };
+    let acks_ok = c.acks.is_empty()
+        || c.acks.iter().any(|a| match a {
+            AcksValue::Num(v) => *v == acks,
+            AcksValue::Name(_) => acks == -1,
+        });
+    if !acks_ok {
+        let pass = j.record(
+            false,
+            rule,
+            format!("produce {name} with acks={acks}"),
+            INVALID_REQUIRED_ACKS,
+        );
+        return vec![if pass { 0 } else { INVALID_REQUIRED_ACKS }; n];
+    }
+    let mut codes = vec![0; n];
+    for (p_idx, code) in codes.iter_mut().enumerate() {
+        for (_, _, b) in batches
+            .iter()
+            .filter(|(t, p, _)| *t == t_idx && *p == p_idx)
+        {
+            let what = |why: &str| format!("produce {name}: {why}");
+            if c.max_batch_bytes.is_some_and(|m| b.bytes > u64::from(m)) {
+                if !j.record(
+                    false,
+                    rule.clone(),
+                    what(&format!("batch of {} bytes", b.bytes)),
+                    RECORD_LIST_TOO_LARGE,
+                ) {
+                    *code = RECORD_LIST_TOO_LARGE;
+                }
+                break;
+            }
+            let codec = Codec::from_attributes(b.attributes);
+            if b.magic == 2
+                && !c.compression.is_empty()
+                && !codec.is_some_and(|x| c.compression.contains(&x))
+            {
+                if !j.record(
+                    false,
+                    rule.clone(),
+                    what(&format!("compression {codec:?}")),
+                    UNSUPPORTED_COMPRESSION_TYPE,
+                ) {
+                    *code = UNSUPPORTED_COMPRESSION_TYPE;
+                }
+                break;
+            }
+        }
+    }
+    if codes.iter().all(|c| *c == 0) {
+        j.record(true, rule, format!("produce {name}"), 0);
+    }
+    codes
+}
+
+fn fetch(
+    j: &mut Judge<'_>,
+    names: &mut dyn TopicNames,
+    version: i16,
+    flexible: bool,
+    body: &[u8],
+    forced: Option<i16>,
+) -> DecodeResult<Enforced> {
+    walk::walk_all(
+        &walk::S_FETCH_REQ_FULL,
+        version,
+        flexible,
+        body,
+        &mut |_| {},
+    )?;
+    let req = FetchRequest::decode(&mut Bytes::copy_from_slice(body), version).map_err(kp_err)?;
+    let by_id = version >= 13;
+    let mut kept = Vec::new();
+    let mut denied = Vec::new();
+    for topic in &req.topics {
+        let code = match forced {
+            Some(c) => c,
+            None => {
+                let named = topic_name(
+                    j,
+                    names,
+                    &topic.topic.0,
+                    topic.topic_id.as_bytes(),
+                    by_id,
+                    Operation::Consume,
+                );
+                topic_code(j, named, Operation::Consume)
+            }
+        };
+        if code == 0 {
+            kept.push(topic.clone());
+            continue;
+        }
+        let parts = topic
+            .partitions
+            .iter()
+            .map(|p| {
+                fetch_response::PartitionData::default()
+                    .with_partition_index(p.partition)
+                    .with_error_code(code)
+                    .with_high_watermark(-1)
+                    .with_last_stable_offset(-1)
+                    .with_log_start_offset(-1)
+                    .with_preferred_read_replica((-1).into())
+            })
+            .collect();
+        denied.push(
+            fetch_response::FetchableTopicResponse::default()
+                .with_topic(topic.topic.clone())
+                .with_topic_id(topic.topic_id)
+                .with_partitions(parts),
+        );
+    }
+    if denied.is_empty() {
+        return Ok(Enforced::Forward);
+    }
+    let mut entries = Vec::new();
+    for d in &denied {
+        entries.extend(encode(d, version)?);
+    }
+    Ok(Enforced::Rewrite {
+        body: encode(&req.clone().with_topics(kept), version)?,
+        splice: Some(Splice::Prepend {
+            count: u32::try_from(denied.len()).unwrap_or(u32::MAX),
+            entries,
+        }),
+    })
+}
+
+fn delete_topics(
+    j: &mut Judge<'_>,
+    names: &mut dyn TopicNames,
+    version: i16,
+    flexible: bool,
+    body: &[u8],
+    forced: Option<i16>,
+) -> DecodeResult<Enforced> {
+    walk::walk_all(
+        &walk::S_DELETE_TOPICS_REQ,
+        version,
+        flexible,
+        body,
+        &mut |_| {},
+    )?;
+    let req =
+        DeleteTopicsRequest::decode(&mut Bytes::copy_from_slice(body), version).map_err(kp_err)?;
+    let mut denied = Vec::new();
+    let judge = |j: &mut Judge<'_>, named: Named| -> i16 {
+        match forced {
+            Some(c) => c,
+            None => topic_code(j, named, Operation::Delete),
+        }
+    };
+    let result = |name: Option<kafka_protocol::messages::TopicName>, id, code| {
+        delete_topics_response::DeletableTopicResult::default()
+            .with_name(name)
+            .with_topic_id(id)
+            .with_error_code(code)
+            .with_error_message(Some(StrBytes::from_static_str(
+                "denied by kafka-mesh-filter policy",
+            )))
+    };
+    let new_req = if version >= 6 {
+        let mut kept = Vec::new();
+        for t in &req.topics {
+            let named = match &t.name {
+                Some(n) => Named::Name(n.0.to_string()),
+                None => topic_name(j, names, "", t.topic_id.as_bytes(), true, Operation::Delete),
+            };
+            let code = judge(j, named);
+            if code == 0 {
+                kept.push(t.clone());
+            } else {
+                denied.push(result(t.name.clone(), t.topic_id, code));
+            }
+        }
+        req.clone().with_topics(kept)
+    } else {
+        let mut kept = Vec::new();
+        for n in &req.topic_names {
+            let code = judge(j, Named::Name(n.0.to_string()));
+            if code == 0 {
+                kept.push(n.clone());
+            } else {
+                denied.push(result(Some(n.clone()), Default::default(), code));
+            }
+        }
+        req.clone().with_topic_names(kept)
+    };
+    if denied.is_empty() {
+        return Ok(Enforced::Forward);
+    }
+    let mut entries = Vec::new();
+    for d in &denied {
+        entries.extend(encode(d, version)?);
+    }
+    Ok(Enforced::Rewrite {
+        body: encode(&new_req, version)?,
+        splice: Some(Splice::Prepend {
+            count: u32::try_from(denied.len()).unwrap_or(u32::MAX),
+            entries,
+        }),
+    })
+}
+
+/// Where the top-level topics array count sits in a response body, for [`Splice::Prepend`]:
+/// the fixed fields before it, by API and version.
+pub fn prepend_prefix_len(api_key: i16, version: i16) -> Option<usize> {
+    match api_key {
+        api::PRODUCE => Some(0),
+        api::FETCH => Some(if version >= 7 { 4 + 2 + 4 } else { 4 }),
+        DELETE_TOPICS => Some(4),
+        _ => None,
+    }
+}
+
+/// The ApiVersions v0 request body used as a probe: empty.
+pub const PROBE_API_VERSION: i16 = 0;

@@ -1,0 +1,571 @@
+//! Policy enforcement through the session under Envoy's buffer semantics: a client request
+//! stream goes in (whole, byte by byte, in 7-byte pieces, split at many points), a fake broker
+//! answers exactly what was forwarded (decoded with kafka-protocol), and the client stream
+//! that comes back is decoded with kafka-protocol and checked: denied parts carry the Kafka
+//! error, allowed parts are what the broker said, correlation ids and order are intact.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::type_complexity
+)]
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Decodable, HeaderVersion, StrBytes};
+
+use crate::api;
+use crate::collect::FactSink;
+use crate::config::Config;
+use crate::enforce::Note;
+use crate::policy::Identity;
+use crate::session::*;
+use crate::testutil::*;
+
+#[derive(Default)]
+struct Obs {
+    notes: Vec<Note>,
+    malformed: Vec<String>,
+    ids: HashMap<[u8; 16], String>,
+}
+impl FactSink for Obs {}
+impl Observer for Obs {
+    fn policy_note(&mut self, n: &Note) {
+        self.notes.push(n.clone());
+    }
+    fn malformed(&mut self, _d: Direction, m: &Malformed, _a: crate::config::MalformedAction) {
+        self.malformed.push(m.to_string());
+    }
+    fn topic_name(&mut self, id: &[u8; 16]) -> Option<String> {
+        self.ids.get(id).cloned()
+    }
+}
+
+fn cfg(json: &str) -> Rc<Config> {
+    Rc::new(Config::from_json(json.as_bytes()).unwrap())
+}
+
+fn hdr(key: i16, v: i16, corr: i32, client: &'static str) -> RequestHeader {
+    RequestHeader::default()
+        .with_request_api_key(key)
+        .with_request_api_version(v)
+        .with_correlation_id(corr)
+        .with_client_id(Some(StrBytes::from_static_str(client)))
+}
+
+fn frames(stream: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 4 <= stream.len() {
+        let n = i32::from_be_bytes(stream[at..at + 4].try_into().unwrap()) as usize;
+        out.push(&stream[at + 4..at + 4 + n]);
+        at += 4 + n;
+    }
+    assert_eq!(at, stream.len(), "stream ends mid-frame");
+    out
+}
+
+fn uuid(n: u8) -> uuid::Uuid {
+    uuid::Uuid::from_bytes([n; 16])
+}
+
+fn name(s: &'static str) -> TopicName {
+    TopicName(StrBytes::from_static_str(s))
+}
+
+/// A broker that answers every forwarded request: Produce/Fetch/DeleteTopics entries with no
+/// error for what it was sent, ApiVersions v0 for probes, JoinGroup with generation 1.
+fn broker(forwarded: &[u8]) -> (Vec<u8>, Vec<(i16, i16, RequestHeader, Bytes)>) {
+    let mut out = Vec::new();
+    let mut seen = Vec::new();
+    for f in frames(forwarded) {
+        let mut b = Bytes::copy_from_slice(f);
+        let key = i16::from_be_bytes([f[0], f[1]]);
+        let v = i16::from_be_bytes([f[2], f[3]]);
+        let h = RequestHeader::decode(
+            &mut b,
+            api::api_info(key).unwrap().request_header_version(v),
+        )
+        .unwrap();
+        seen.push((key, v, h.clone(), b.clone()));
+        let corr = h.correlation_id;
+        match key {
+            0 => {
+                let r = ProduceRequest::decode(&mut b, v).unwrap();
+                if r.acks == 0 {
+                    continue;
+                }
+                let resp = ProduceResponse::default().with_responses(
+                    r.topic_data
+                        .iter()
+                        .map(|t| {
+                            produce_response::TopicProduceResponse::default()
+                                .with_name(t.name.clone())
+                                .with_topic_id(t.topic_id)
+                                .with_partition_responses(
+                                    t.partition_data
+                                        .iter()
+                                        .map(|p| {
+                                            produce_response::PartitionProduceResponse::default()
+                                                .with_index(p.index)
+                                                .with_base_offset(100)
+                                        })
+                                        .collect(),
+                                )
+                        })
+                        .collect(),
+                );
+                out.extend(encode_response(corr, &resp, v));
+            }
+            1 => {
+                let r = FetchRequest::decode(&mut b, v).unwrap();
+                let resp = FetchResponse::default().with_responses(
+                    r.topics
+                        .iter()
+                        .map(|t| {
+                            fetch_response::FetchableTopicResponse::default()
+                                .with_topic(t.topic.clone())
+                                .with_topic_id(t.topic_id)
+                                .with_partitions(
+                                    t.partitions
+                                        .iter()
+                                        .map(|p| {
+                                            fetch_response::PartitionData::default()
+                                                .with_partition_index(p.partition)
+                                                .with_high_watermark(10)
+                                                .with_records(Some(Bytes::from_static(b"")))
+                                        })
+                                        .collect(),
+                                )
+                        })
+                        .collect(),
+                );
+                out.extend(encode_response(corr, &resp, v));
+            }
+            18 => out.extend(encode_response(corr, &ApiVersionsResponse::default(), v)),
+            20 => {
+                let r = DeleteTopicsRequest::decode(&mut b, v).unwrap();
+                let names: Vec<_> = if v >= 6 {
+                    r.topics.iter().map(|t| t.name.clone()).collect()
+                } else {
+                    r.topic_names.iter().map(|n| Some(n.clone())).collect()
+                };
+                let resp = DeleteTopicsResponse::default().with_responses(
+                    names
+                        .into_iter()
+                        .map(|n| {
+                            delete_topics_response::DeletableTopicResult::default().with_name(n)
+                        })
+                        .collect(),
+                );
+                out.extend(encode_response(corr, &resp, v));
+            }
+            11 => out.extend(encode_response(
+                corr,
+                &JoinGroupResponse::default().with_generation_id(1),
+                v,
+            )),
+            3 => out.extend(encode_response(corr, &MetadataResponse::default(), v)),
+            other => panic!("fake broker got api {other}"),
+        }
+    }
+    (out, seen)
+}
+
+fn decode_resp<T: Decodable + HeaderVersion>(frame: &[u8], v: i16) -> (i32, T) {
+    let mut b = Bytes::copy_from_slice(frame);
+    let h = ResponseHeader::decode(&mut b, T::header_version(v)).unwrap();
+    let body = T::decode(&mut b, v).unwrap();
+    assert!(b.is_empty(), "bytes left after the response");
+    (h.correlation_id, body)
+}
+
+/// Client stream in (under `chunks`), broker in the middle, client responses out.
+fn roundtrip(
+    c: &Rc<Config>,
+    id: &Identity,
+    obs: &mut Obs,
+    reqs: &[u8],
+    req_chunks: Vec<&[u8]>,
+    resp_chunk: usize,
+) -> (Vec<u8>, Vec<(i16, i16, RequestHeader, Bytes)>, Vec<u8>) {
+    let mut s = Session::new(c.clone());
+    s.set_identity(id.clone());
+    let p = pump(&mut s, Direction::Request, req_chunks, false, obs);
+    assert!(!p.closed, "{:?}", obs.malformed);
+    let _ = reqs;
+    let (resps, seen) = broker(&p.out);
+    let q = pump(
+        &mut s,
+        Direction::Response,
+        resps.chunks(resp_chunk.max(1)),
+        false,
+        obs,
+    );
+    assert!(!q.closed, "{:?}", obs.malformed);
+    assert_eq!(s.inflight(), 0);
+    (p.out, seen, q.out)
+}
+
+const POLICY: &str = r#"{"policy": {"defaultAction": "deny", "rules": [
+    {"name": "orders-producers", "action": "allow", "clientIds": ["orders-*"], "operations": ["produce"], "topics": ["orders.*"]},
+    {"name": "readers", "action": "allow", "operations": ["consume", "describe"], "topics": ["orders.*", "public"]},
+    {"name": "no-delete", "action": "deny", "apiKeys": ["DeleteTopics"]},
+    {"name": "groups", "action": "allow", "groups": ["shop-*"]}
+]}}"#;
+
+fn produce_req(v: i16, acks: i16) -> ProduceRequest {
+    let topic = |n: &'static str, id: u8, parts: &[i32]| {
+        let t = produce_request::TopicProduceData::default().with_partition_data(
+            parts
+                .iter()
+                .map(|p| {
+                    produce_request::PartitionProduceData::default()
+                        .with_index(*p)
+                        .with_records(Some(Bytes::from_static(b"")))
+                })
+                .collect(),
+        );
+        if v >= 13 {
+            t.with_topic_id(uuid(id))
+        } else {
+            t.with_name(name(n))
+        }
+    };
+    ProduceRequest::default()
+        .with_acks(acks)
+        .with_timeout_ms(1000)
+        .with_topic_data(vec![
+            topic("orders.eu", 1, &[0, 1]),
+            topic("payments", 2, &[0, 3]),
+            topic("orders.us", 3, &[2]),
+        ])
+}
+
+fn ids() -> HashMap<[u8; 16], String> {
+    HashMap::from([
+        ([1; 16], "orders.eu".to_string()),
+        ([2; 16], "payments".to_string()),
+        ([3; 16], "orders.us".to_string()),
+    ])
+}
+
+#[test]
+fn produce_denied_topics_get_topic_authorization_failed_others_land() {
+    let c = cfg(POLICY);
+    for v in 3..=13 {
+        let reqs = encode_request(&hdr(0, v, 41, "orders-svc"), &produce_req(v, -1), v);
+        let mut cuts = chunkings(&reqs);
+        cuts.truncate(3 + 80);
+        for chunks in cuts {
+            let mut obs = Obs {
+                ids: ids(),
+                ..Obs::default()
+            };
+            let (_fwd, seen, back) =
+                roundtrip(&c, &Identity::default(), &mut obs, &reqs, chunks, 5);
+            // the broker saw only the allowed topics
+            assert_eq!(seen.len(), 1);
+            let r = ProduceRequest::decode(&mut seen[0].3.clone(), v).unwrap();
+            let sent: Vec<usize> = r
+                .topic_data
+                .iter()
+                .map(|t| t.partition_data.len())
+                .collect();
+            assert_eq!(sent, vec![2, 1], "v{v}");
+            // the client sees every partition it sent, payments denied
+            let fr = frames(&back);
+            assert_eq!(fr.len(), 1);
+            let (corr, resp): (i32, ProduceResponse) = decode_resp(fr[0], v);
+            assert_eq!(corr, 41);
+            let mut got: Vec<(String, i32, i16)> = Vec::new();
+            for t in &resp.responses {
+                let n = if v >= 13 {
+                    ids()[t.topic_id.as_bytes()].clone()
+                } else {
+                    t.name.0.to_string()
+                };
+                for p in &t.partition_responses {
+                    got.push((n.clone(), p.index, p.error_code));
+                }
+            }
+            got.sort();
+            assert_eq!(
+                got,
+                vec![
+                    ("orders.eu".into(), 0, 0),
+                    ("orders.eu".into(), 1, 0),
+                    ("orders.us".into(), 2, 0),
+                    ("payments".into(), 0, 29),
+                    ("payments".into(), 3, 29),
+                ],
+                "v{v}"
+            );
+            assert!(obs
+                .notes
+                .iter()
+                .any(|n| n.rule == "default" && n.what == "produce payments"));
+        }
+    }
+}
+
+#[test]
+fn produce_from_an_unlisted_client_is_denied_by_default_and_acks0_just_drops() {
+    let c = cfg(POLICY);
+    let reqs = encode_request(&hdr(0, 9, 1, "other"), &produce_req(9, 0), 9);
+    let mut s = Session::new(c);
+    let mut obs = Obs::default();
+    for chunks in chunkings(&reqs).into_iter().take(40) {
+        let p = pump(&mut s, Direction::Request, chunks, false, &mut obs);
+        let (resps, seen) = broker(&p.out);
+        assert!(resps.is_empty());
+        let r = ProduceRequest::decode(&mut seen[0].3.clone(), 9).unwrap();
+        assert!(
+            r.topic_data.is_empty(),
+            "nothing of a fully denied acks=0 produce is forwarded"
+        );
+        assert_eq!(s.inflight(), 0);
+    }
+}
+
+#[test]
+fn fetch_by_topic_id_denies_unknown_and_denied_ids_and_keeps_the_rest() {
+    let c = cfg(POLICY);
+    for v in [4i16, 12, 13, 16, 17, 18] {
+        let topic = |n: &'static str, id: u8| {
+            let t = fetch_request::FetchTopic::default().with_partitions(vec![
+                fetch_request::FetchPartition::default()
+                    .with_partition(0)
+                    .with_fetch_offset(3),
+            ]);
+            if v >= 13 {
+                t.with_topic_id(uuid(id))
+            } else {
+                t.with_topic(name(n))
+            }
+        };
+        let req = FetchRequest::default().with_topics(vec![
+            topic("orders.eu", 1),
+            topic("payments", 2),
+            topic("mystery", 9),
+        ]);
+        let reqs = encode_request(&hdr(1, v, 7, "reader"), &req, v);
+        for chunks in [vec![&reqs[..]], reqs.chunks(1).collect()] {
+            let mut obs = Obs {
+                ids: ids(),
+                ..Obs::default()
+            };
+            let (_f, seen, back) = roundtrip(&c, &Identity::default(), &mut obs, &reqs, chunks, 1);
+            let r = FetchRequest::decode(&mut seen[0].3.clone(), v).unwrap();
+            assert_eq!(r.topics.len(), 1, "v{v}: only orders.eu reaches the broker");
+            let (corr, resp): (i32, FetchResponse) = decode_resp(frames(&back)[0], v);
+            assert_eq!(corr, 7);
+            let mut errs: Vec<i16> = resp
+                .responses
+                .iter()
+                .map(|t| t.partitions[0].error_code)
+                .collect();
+            errs.sort();
+            assert_eq!(errs, vec![0, 29, 29], "v{v}");
+            if v >= 13 {
+                assert!(obs.notes.iter().any(|n| n.rule == "unknownTopicIds"));
+            }
+        }
+    }
+}
+
+#[test]
+fn denied_group_and_denied_api_get_their_errors_through_a_probe() {
+    let c = cfg(POLICY);
+    for v in 0..=9 {
+        let join = JoinGroupRequest::default()
+            .with_group_id(StrBytes::from_static_str("other-group").into())
+            .with_protocol_type(StrBytes::from_static_str("consumer"));
+        let allowed = JoinGroupRequest::default()
+            .with_group_id(StrBytes::from_static_str("shop-billing").into())
+            .with_protocol_type(StrBytes::from_static_str("consumer"));
+        let mut reqs = encode_request(&hdr(11, v, 5, "c"), &join, v);
+        reqs.extend(encode_request(&hdr(11, v, 6, "c"), &allowed, v));
+        let mut obs = Obs::default();
+        let (_f, seen, back) = roundtrip(
+            &c,
+            &Identity::default(),
+            &mut obs,
+            &reqs,
+            reqs.chunks(3).collect(),
+            2,
+        );
+        assert_eq!(
+            seen[0].0, 18,
+            "the denied JoinGroup became an ApiVersions probe"
+        );
+        assert_eq!(seen[0].2.correlation_id, 5);
+        assert_eq!(seen[1].0, 11);
+        let fr = frames(&back);
+        let (c1, r1): (i32, JoinGroupResponse) = decode_resp(fr[0], v);
+        let (c2, r2): (i32, JoinGroupResponse) = decode_resp(fr[1], v);
+        assert_eq!((c1, r1.error_code), (5, 30), "v{v}");
+        assert_eq!((c2, r2.error_code, r2.generation_id), (6, 0, 1), "v{v}");
+    }
+    // DeleteTopics is denied by API key: nothing is deleted, every topic answers 31
+    for v in 1..=6 {
+        let req = if v >= 6 {
+            DeleteTopicsRequest::default()
+                .with_topics(vec![delete_topics_request::DeleteTopicState::default()
+                    .with_name(Some(name("orders.eu")))])
+        } else {
+            DeleteTopicsRequest::default().with_topic_names(vec![name("orders.eu")])
+        };
+        let reqs = encode_request(&hdr(20, v, 9, "admin"), &req, v);
+        let mut obs = Obs::default();
+        let (_f, seen, back) = roundtrip(
+            &c,
+            &Identity::default(),
+            &mut obs,
+            &reqs,
+            reqs.chunks(1).collect(),
+            1,
+        );
+        let fwd = DeleteTopicsRequest::decode(&mut seen[0].3.clone(), v).unwrap();
+        assert!(fwd.topics.is_empty() && fwd.topic_names.is_empty(), "v{v}");
+        let (corr, resp): (i32, DeleteTopicsResponse) = decode_resp(frames(&back)[0], v);
+        assert_eq!(corr, 9);
+        assert_eq!(resp.responses.len(), 1);
+        assert_eq!(resp.responses[0].error_code, 31, "v{v}");
+    }
+}
+
+#[test]
+fn pipelined_mix_keeps_order_and_correlation_ids() {
+    let c = cfg(POLICY);
+    let mut reqs = Vec::new();
+    reqs.extend(encode_request(
+        &hdr(3, 12, 1, "orders-a"),
+        &MetadataRequest::default(),
+        12,
+    ));
+    reqs.extend(encode_request(
+        &hdr(0, 9, 2, "orders-a"),
+        &produce_req(9, 1),
+        9,
+    ));
+    reqs.extend(encode_request(
+        &hdr(11, 5, 3, "orders-a"),
+        &JoinGroupRequest::default().with_group_id(StrBytes::from_static_str("x").into()),
+        5,
+    ));
+    reqs.extend(encode_request(
+        &hdr(0, 9, 4, "orders-a"),
+        &produce_req(9, 1),
+        9,
+    ));
+    let mut cuts = chunkings(&reqs);
+    cuts.truncate(3 + 200);
+    for chunks in cuts {
+        let mut obs = Obs::default();
+        let (_f, seen, back) = roundtrip(&c, &Identity::default(), &mut obs, &reqs, chunks, 3);
+        let keys: Vec<i16> = seen.iter().map(|s| s.0).collect();
+        assert_eq!(keys, vec![3, 0, 18, 0]);
+        let corrs: Vec<i32> = frames(&back)
+            .iter()
+            .map(|f| i32::from_be_bytes(f[..4].try_into().unwrap()))
+            .collect();
+        assert_eq!(corrs, vec![1, 2, 3, 4]);
+        let (_, j): (i32, JoinGroupResponse) = decode_resp(frames(&back)[2], 5);
+        assert_eq!(j.error_code, 30);
+    }
+}
+
+#[test]
+fn audit_mode_forwards_everything_and_notes_would_deny() {
+    let c = cfg(&POLICY.replace(r#""defaultAction""#, r#""mode": "audit", "defaultAction""#));
+    let reqs = encode_request(&hdr(0, 9, 1, "other"), &produce_req(9, 1), 9);
+    let mut obs = Obs::default();
+    let (fwd, _seen, back) = roundtrip(
+        &c,
+        &Identity::default(),
+        &mut obs,
+        &reqs,
+        vec![&reqs[..]],
+        100,
+    );
+    assert_eq!(fwd, reqs, "audit changes nothing");
+    let (_, r): (i32, ProduceResponse) = decode_resp(frames(&back)[0], 9);
+    assert!(r
+        .responses
+        .iter()
+        .all(|t| t.partition_responses.iter().all(|p| p.error_code == 0)));
+    assert_eq!(
+        obs.notes
+            .iter()
+            .filter(|n| n.outcome == crate::enforce::Outcome::WouldDeny)
+            .count(),
+        3
+    );
+}
+
+#[test]
+fn on_deny_close_closes_and_identity_selectors_apply() {
+    let c = cfg(&POLICY.replace(
+        r#""defaultAction""#,
+        r#""onDeny": "close", "defaultAction""#,
+    ));
+    let reqs = encode_request(&hdr(0, 9, 1, "orders-a"), &produce_req(9, 1), 9);
+    let mut s = Session::new(c);
+    let mut obs = Obs::default();
+    let p = pump(&mut s, Direction::Request, [&reqs[..]], false, &mut obs);
+    assert!(
+        p.closed && p.out.is_empty(),
+        "nothing of a denied request gets out"
+    );
+    // a principal rule
+    let c = cfg(r#"{"policy": {"defaultAction": "deny", "rules": [
+        {"name": "mesh", "action": "allow", "principals": ["spiffe://cluster.local/ns/shop/sa/*"]}]}}"#);
+    let mut obs = Obs::default();
+    let id = Identity {
+        principal: Some("spiffe://cluster.local/ns/shop/sa/orders".into()),
+        ..Identity::default()
+    };
+    let (fwd, _, _) = roundtrip(&c, &id, &mut obs, &reqs, vec![&reqs[..]], 100);
+    assert_eq!(fwd, reqs);
+    let mut obs = Obs::default();
+    let (fwd, _, _) = roundtrip(
+        &c,
+        &Identity::default(),
+        &mut obs,
+        &reqs,
+        vec![&reqs[..]],
+        100,
+    );
+    assert_ne!(fwd, reqs, "without the principal, everything is denied");
+}
+
+#[test]
+fn a_frame_too_large_to_inspect_closes_instead_of_bypassing() {
+    let c = cfg(&POLICY.replace(
+        r#"{"policy""#,
+        r#"{"maxBufferedFrameBytes": 1024, "policy""#,
+    ));
+    let mut req = produce_req(9, 1);
+    req.topic_data[0].partition_data[0].records = Some(Bytes::from(vec![0u8; 4096]));
+    let reqs = encode_request(&hdr(0, 9, 1, "orders-a"), &req, 9);
+    let mut s = Session::new(c);
+    let mut obs = Obs::default();
+    let p = pump(
+        &mut s,
+        Direction::Request,
+        reqs.chunks(100),
+        false,
+        &mut obs,
+    );
+    assert!(p.closed);
+    assert!(
+        obs.malformed[0].contains("maxBufferedFrameBytes"),
+        "{:?}",
+        obs.malformed
+    );
+}
