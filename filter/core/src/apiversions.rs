@@ -31,6 +31,22 @@ pub struct Clamp {
 /// which is always v0 for this API). Nothing is allocated per wire element beyond the clamps
 /// themselves, whose number is bounded by the entries actually present.
 pub fn plan_clamps(version: i16, body: &[u8]) -> DecodeResult<Vec<Clamp>> {
+    plan_clamps_with(version, body, false)
+}
+
+/// The highest version of `api_key` the filter lets clients use: the parse table's, lowered
+/// under a policy for the APIs whose newer versions the policy cannot rewrite (OffsetFetch
+/// v8+ batches groups; OffsetCommit v10 names topics by id only).
+pub fn effective_max(info: &api::ApiInfo, policy: bool) -> i16 {
+    match (policy, info.key) {
+        (true, 8) => info.max_version.min(9),
+        (true, 9) => info.max_version.min(7),
+        _ => info.max_version,
+    }
+}
+
+/// [`plan_clamps`], with the policy's lower limits when `policy` is on.
+pub fn plan_clamps_with(version: i16, body: &[u8], policy: bool) -> DecodeResult<Vec<Clamp>> {
     let mut r = Reader::new(body);
     let error_code = r.i16("api_versions.error_code")?;
     let version = if error_code == UNSUPPORTED_VERSION {
@@ -54,11 +70,12 @@ pub fn plan_clamps(version: i16, body: &[u8]) -> DecodeResult<Vec<Clamp>> {
         if let Some(info) = api::api_info(api_key) {
             // If even the broker's minimum is beyond what we parse there is no common
             // version; leave the entry alone (the request will be counted as unknown).
-            if broker_max > info.max_version && min_version <= info.max_version {
+            let max = effective_max(info, policy);
+            if broker_max > max && min_version <= max {
                 clamps.push(Clamp {
                     api_key,
                     broker_max,
-                    new_max: info.max_version,
+                    new_max: max,
                     offset,
                 });
             }

@@ -24,8 +24,10 @@
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{
-    delete_topics_response, fetch_response, produce_response, DeleteTopicsRequest, FetchRequest,
-    HeartbeatResponse, JoinGroupResponse, LeaveGroupResponse, ProduceRequest, SyncGroupResponse,
+    delete_topics_response, fetch_response, list_offsets_response, offset_commit_response,
+    offset_fetch_response, produce_response, DeleteTopicsRequest, FetchRequest, HeartbeatResponse,
+    JoinGroupResponse, LeaveGroupResponse, ListOffsetsRequest, OffsetCommitRequest,
+    OffsetFetchRequest, ProduceRequest, SyncGroupResponse,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
@@ -47,6 +49,9 @@ const HEARTBEAT: i16 = 12;
 const LEAVE_GROUP: i16 = 13;
 const SYNC_GROUP: i16 = 14;
 const DELETE_TOPICS: i16 = 20;
+const LIST_OFFSETS: i16 = 2;
+const OFFSET_COMMIT: i16 = 8;
+const OFFSET_FETCH: i16 = 9;
 
 /// Names for topic ids (the map learned from Metadata responses).
 pub trait TopicNames {
@@ -188,6 +193,20 @@ pub fn enforce_request(
         DELETE_TOPICS if version >= 1 => {
             delete_topics(&mut j, names, version, flexible, body, forced)?
         }
+        LIST_OFFSETS if (1..=10).contains(&version) => {
+            list_offsets(&mut j, version, flexible, body, forced)?
+        }
+        OFFSET_COMMIT if (2..=9).contains(&version) => {
+            offset_commit(&mut j, version, flexible, body, forced)?
+        }
+        OFFSET_FETCH if (1..=7).contains(&version) => {
+            offset_fetch(&mut j, version, flexible, body, forced)?
+        }
+        LIST_OFFSETS | OFFSET_COMMIT | OFFSET_FETCH => Enforced::Close {
+            reason: format!(
+                "{api_name} v{version} cannot be enforced (no topic-level rewrite for it)"
+            ),
+        },
         JOIN_GROUP | HEARTBEAT | LEAVE_GROUP | SYNC_GROUP => {
             let mut r = Reader::new(body);
             let group = String::from_utf8_lossy(r.string_v(flexible, "group_id")?).into_owned();
@@ -666,8 +685,195 @@ pub fn prepend_prefix_len(api_key: i16, version: i16) -> Option<usize> {
         api::PRODUCE => Some(0),
         api::FETCH => Some(if version >= 7 { 4 + 2 + 4 } else { 4 }),
         DELETE_TOPICS => Some(4),
+        LIST_OFFSETS => Some(if version >= 2 { 4 } else { 0 }),
+        OFFSET_COMMIT | OFFSET_FETCH => Some(if version >= 3 { 4 } else { 0 }),
         _ => None,
     }
+}
+
+/// The group check shared by OffsetCommit and OffsetFetch: `Some(code)` when denied.
+fn group_code(j: &mut Judge<'_>, group: &str, forced: Option<i16>, what: &str) -> Option<i16> {
+    if forced.is_some() {
+        return forced;
+    }
+    let ok = j.ok(
+        Question::Group(group),
+        || format!("group {group} ({what})"),
+        GROUP_AUTHORIZATION_FAILED,
+    );
+    (!ok).then_some(GROUP_AUTHORIZATION_FAILED)
+}
+
+/// Consume check for one topic named in a request.
+fn consume_code(j: &mut Judge<'_>, topic: &str, group_denied: Option<i16>) -> i16 {
+    match group_denied {
+        Some(c) => c,
+        None => topic_code(j, Named::Name(topic.to_string()), Operation::Consume),
+    }
+}
+
+fn finish<T: Encodable, R: Encodable>(
+    denied: &[T],
+    new_req: &R,
+    version: i16,
+) -> DecodeResult<Enforced> {
+    if denied.is_empty() {
+        return Ok(Enforced::Forward);
+    }
+    let mut entries = Vec::new();
+    for d in denied {
+        entries.extend(encode(d, version)?);
+    }
+    Ok(Enforced::Rewrite {
+        body: encode(new_req, version)?,
+        splice: Some(Splice::Prepend {
+            count: u32::try_from(denied.len()).unwrap_or(u32::MAX),
+            entries,
+        }),
+    })
+}
+
+fn list_offsets(
+    j: &mut Judge<'_>,
+    version: i16,
+    flexible: bool,
+    body: &[u8],
+    forced: Option<i16>,
+) -> DecodeResult<Enforced> {
+    walk::walk_all(
+        &walk::S_LIST_OFFSETS_REQ,
+        version,
+        flexible,
+        body,
+        &mut |_| {},
+    )?;
+    let req =
+        ListOffsetsRequest::decode(&mut Bytes::copy_from_slice(body), version).map_err(kp_err)?;
+    let mut kept = Vec::new();
+    let mut denied = Vec::new();
+    for t in &req.topics {
+        let code = consume_code(j, &t.name.0, forced);
+        if code == 0 {
+            kept.push(t.clone());
+            continue;
+        }
+        denied.push(
+            list_offsets_response::ListOffsetsTopicResponse::default()
+                .with_name(t.name.clone())
+                .with_partitions(
+                    t.partitions
+                        .iter()
+                        .map(|p| {
+                            list_offsets_response::ListOffsetsPartitionResponse::default()
+                                .with_partition_index(p.partition_index)
+                                .with_error_code(code)
+                                .with_timestamp(-1)
+                                .with_offset(-1)
+                                .with_leader_epoch(-1)
+                        })
+                        .collect(),
+                ),
+        );
+    }
+    finish(&denied, &req.clone().with_topics(kept), version)
+}
+
+fn offset_commit(
+    j: &mut Judge<'_>,
+    version: i16,
+    flexible: bool,
+    body: &[u8],
+    forced: Option<i16>,
+) -> DecodeResult<Enforced> {
+    walk::walk_all(
+        &walk::S_OFFSET_COMMIT_REQ_FULL,
+        version,
+        flexible,
+        body,
+        &mut |_| {},
+    )?;
+    let req =
+        OffsetCommitRequest::decode(&mut Bytes::copy_from_slice(body), version).map_err(kp_err)?;
+    let group_denied = group_code(j, &req.group_id.0, forced, "offset_commit");
+    let mut kept = Vec::new();
+    let mut denied = Vec::new();
+    for t in &req.topics {
+        let code = consume_code(j, &t.name.0, group_denied);
+        if code == 0 {
+            kept.push(t.clone());
+            continue;
+        }
+        denied.push(
+            offset_commit_response::OffsetCommitResponseTopic::default()
+                .with_name(t.name.clone())
+                .with_partitions(
+                    t.partitions
+                        .iter()
+                        .map(|p| {
+                            offset_commit_response::OffsetCommitResponsePartition::default()
+                                .with_partition_index(p.partition_index)
+                                .with_error_code(code)
+                        })
+                        .collect(),
+                ),
+        );
+    }
+    finish(&denied, &req.clone().with_topics(kept), version)
+}
+
+fn offset_fetch(
+    j: &mut Judge<'_>,
+    version: i16,
+    flexible: bool,
+    body: &[u8],
+    forced: Option<i16>,
+) -> DecodeResult<Enforced> {
+    walk::walk_all(
+        &walk::S_OFFSET_FETCH_REQ,
+        version,
+        flexible,
+        body,
+        &mut |_| {},
+    )?;
+    let req =
+        OffsetFetchRequest::decode(&mut Bytes::copy_from_slice(body), version).map_err(kp_err)?;
+    let group_denied = group_code(j, &req.group_id.0, forced, "offset_fetch");
+    let Some(topics) = req.topics.as_ref() else {
+        // All of the group's committed offsets: only the group can be checked here.
+        return Ok(match group_denied {
+            Some(_) => Enforced::Close {
+                reason: "OffsetFetch of all topics for a denied group".to_string(),
+            },
+            None => Enforced::Forward,
+        });
+    };
+    let mut kept = Vec::new();
+    let mut denied = Vec::new();
+    for t in topics {
+        let code = consume_code(j, &t.name.0, group_denied);
+        if code == 0 {
+            kept.push(t.clone());
+            continue;
+        }
+        denied.push(
+            offset_fetch_response::OffsetFetchResponseTopic::default()
+                .with_name(t.name.clone())
+                .with_partitions(
+                    t.partition_indexes
+                        .iter()
+                        .map(|p| {
+                            offset_fetch_response::OffsetFetchResponsePartition::default()
+                                .with_partition_index(*p)
+                                .with_committed_offset(-1)
+                                .with_committed_leader_epoch(-1)
+                                .with_metadata(Some(StrBytes::default()))
+                                .with_error_code(code)
+                        })
+                        .collect(),
+                ),
+        );
+    }
+    finish(&denied, &req.clone().with_topics(Some(kept)), version)
 }
 
 /// The ApiVersions v0 request body used as a probe: empty.

@@ -170,6 +170,85 @@ fn broker(forwarded: &[u8]) -> (Vec<u8>, Vec<(i16, i16, RequestHeader, Bytes)>) 
                 v,
             )),
             3 => out.extend(encode_response(corr, &MetadataResponse::default(), v)),
+            17 => out.extend(encode_response(corr, &SaslHandshakeResponse::default(), v)),
+            2 => {
+                let r = ListOffsetsRequest::decode(&mut b, v).unwrap();
+                let resp = ListOffsetsResponse::default().with_topics(
+                    r.topics
+                        .iter()
+                        .map(|t| {
+                            list_offsets_response::ListOffsetsTopicResponse::default()
+                                .with_name(t.name.clone())
+                                .with_partitions(
+                                    t.partitions
+                                        .iter()
+                                        .map(|p| {
+                                            list_offsets_response::ListOffsetsPartitionResponse::default()
+                                                .with_partition_index(p.partition_index)
+                                                .with_offset(5)
+                                        })
+                                        .collect(),
+                                )
+                        })
+                        .collect(),
+                );
+                out.extend(encode_response(corr, &resp, v));
+            }
+            8 => {
+                let r = OffsetCommitRequest::decode(&mut b, v).unwrap();
+                let resp = OffsetCommitResponse::default().with_topics(
+                    r.topics
+                        .iter()
+                        .map(|t| {
+                            offset_commit_response::OffsetCommitResponseTopic::default()
+                                .with_name(t.name.clone())
+                                .with_partitions(
+                                    t.partitions
+                                        .iter()
+                                        .map(|p| {
+                                            offset_commit_response::OffsetCommitResponsePartition::default()
+                                                .with_partition_index(p.partition_index)
+                                        })
+                                        .collect(),
+                                )
+                        })
+                        .collect(),
+                );
+                out.extend(encode_response(corr, &resp, v));
+            }
+            9 => {
+                let r = OffsetFetchRequest::decode(&mut b, v).unwrap();
+                let resp = OffsetFetchResponse::default().with_topics(
+                    r.topics
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|t| {
+                            offset_fetch_response::OffsetFetchResponseTopic::default()
+                                .with_name(t.name.clone())
+                                .with_partitions(
+                                    t.partition_indexes
+                                        .iter()
+                                        .map(|p| {
+                                            offset_fetch_response::OffsetFetchResponsePartition::default()
+                                                .with_partition_index(*p)
+                                                .with_committed_offset(7)
+                                        })
+                                        .collect(),
+                                )
+                        })
+                        .collect(),
+                );
+                out.extend(encode_response(corr, &resp, v));
+            }
+            36 => {
+                let r = SaslAuthenticateRequest::decode(&mut b, v).unwrap();
+                let bad = r.auth_bytes.windows(5).any(|w| w == b"wrong");
+                out.extend(encode_response(
+                    corr,
+                    &SaslAuthenticateResponse::default().with_error_code(if bad { 58 } else { 0 }),
+                    v,
+                ));
+            }
             other => panic!("fake broker got api {other}"),
         }
     }
@@ -568,4 +647,301 @@ fn a_frame_too_large_to_inspect_closes_instead_of_bypassing() {
         "{:?}",
         obs.malformed
     );
+}
+
+fn batch(count: i32, payload: usize, codec: i16) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend(0i64.to_be_bytes());
+    b.extend(((61 - 12 + payload) as i32).to_be_bytes());
+    b.extend(0i32.to_be_bytes());
+    b.push(2);
+    b.extend(0u32.to_be_bytes());
+    b.extend(codec.to_be_bytes());
+    b.extend((count - 1).to_be_bytes());
+    b.extend([0u8; 8 + 8 + 8 + 2 + 4]);
+    b.extend(count.to_be_bytes());
+    b.extend(std::iter::repeat_n(1u8, payload));
+    b
+}
+
+#[test]
+fn produce_constraints_acks_batch_size_compression_and_transactional_ids() {
+    let c = cfg(r#"{"policy": {"defaultAction": "deny", "rules": [
+        {"name": "tx", "action": "allow", "transactionalIds": ["tx-*"]},
+        {"name": "strict", "action": "allow", "topics": ["strict"],
+         "produce": {"acks": ["all"], "maxBatchBytes": 300, "compression": ["none", "zstd"]}}]}}"#);
+    let req = |acks: i16, txn: Option<&'static str>| {
+        ProduceRequest::default()
+            .with_acks(acks)
+            .with_transactional_id(txn.map(|t| StrBytes::from_static_str(t).into()))
+            .with_topic_data(vec![produce_request::TopicProduceData::default()
+                .with_name(name("strict"))
+                .with_partition_data(vec![
+                    produce_request::PartitionProduceData::default()
+                        .with_index(0)
+                        .with_records(Some(Bytes::from(batch(2, 100, 0)))),
+                    produce_request::PartitionProduceData::default()
+                        .with_index(1)
+                        .with_records(Some(Bytes::from(batch(2, 400, 0)))),
+                    produce_request::PartitionProduceData::default()
+                        .with_index(2)
+                        .with_records(Some(Bytes::from(batch(2, 10, 1)))),
+                    produce_request::PartitionProduceData::default()
+                        .with_index(3)
+                        .with_records(Some(Bytes::from(batch(2, 10, 4)))),
+                ])])
+    };
+    let codes = |reqs: &[u8], obs: &mut Obs| -> Vec<(i32, i16)> {
+        let (_f, _seen, back) = roundtrip(
+            &c,
+            &Identity::default(),
+            obs,
+            reqs,
+            reqs.chunks(1).collect(),
+            4,
+        );
+        let (_, r): (i32, ProduceResponse) = decode_resp(frames(&back)[0], 9);
+        let mut v: Vec<(i32, i16)> = r
+            .responses
+            .iter()
+            .flat_map(|t| {
+                t.partition_responses
+                    .iter()
+                    .map(|p| (p.index, p.error_code))
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let mut obs = Obs::default();
+    let reqs = encode_request(&hdr(0, 9, 1, "p"), &req(-1, None), 9);
+    assert_eq!(
+        codes(&reqs, &mut obs),
+        vec![(0, 0), (1, 18), (2, 76), (3, 0)]
+    );
+    let reqs = encode_request(&hdr(0, 9, 1, "p"), &req(1, None), 9);
+    assert_eq!(
+        codes(&reqs, &mut obs),
+        vec![(0, 21), (1, 21), (2, 21), (3, 21)]
+    );
+    let reqs = encode_request(&hdr(0, 9, 1, "p"), &req(-1, Some("rogue")), 9);
+    assert_eq!(
+        codes(&reqs, &mut obs),
+        vec![(0, 53), (1, 53), (2, 53), (3, 53)]
+    );
+    let reqs = encode_request(&hdr(0, 9, 1, "p"), &req(-1, Some("tx-1")), 9);
+    assert_eq!(
+        codes(&reqs, &mut obs),
+        vec![(0, 0), (1, 18), (2, 76), (3, 0)]
+    );
+    assert!(
+        obs.notes
+            .iter()
+            .any(|n| n.what.contains("batch of 461 bytes")),
+        "{:?}",
+        obs.notes
+    );
+}
+
+#[test]
+fn sasl_plain_username_counts_only_once_the_broker_accepts_it() {
+    let c = cfg(r#"{"policy": {"defaultAction": "deny", "rules": [
+        {"name": "alice", "action": "allow", "saslUsers": ["alice"], "operations": ["produce"]}]}}"#);
+    for (password, allowed) in [("secret", true), ("wrong", false)] {
+        for v in 0..=2 {
+            let mut reqs = encode_request(
+                &hdr(17, 1, 1, "p"),
+                &SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN")),
+                1,
+            );
+            let auth = format!("\0alice\0{password}");
+            reqs.extend(encode_request(
+                &hdr(36, v, 2, "p"),
+                &SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from(auth.into_bytes())),
+                v,
+            ));
+            let mut s = Session::new(c.clone());
+            let mut obs = Obs::default();
+            let p = pump(&mut s, Direction::Request, reqs.chunks(1), false, &mut obs);
+            let (resps, _) = broker(&p.out);
+            pump(
+                &mut s,
+                Direction::Response,
+                resps.chunks(1),
+                false,
+                &mut obs,
+            );
+            let produce = encode_request(&hdr(0, 9, 3, "p"), &produce_req(9, 1), 9);
+            let p = pump(&mut s, Direction::Request, [&produce[..]], false, &mut obs);
+            assert_eq!(
+                p.out == produce,
+                allowed,
+                "password {password} v{v}: {:?}",
+                obs.notes
+            );
+        }
+    }
+}
+
+#[test]
+fn list_offsets_offset_commit_and_offset_fetch_check_topics_and_groups() {
+    let c = cfg(POLICY);
+    for v in 1..=10 {
+        let req = ListOffsetsRequest::default().with_topics(vec![
+            list_offsets_request::ListOffsetsTopic::default()
+                .with_name(name("orders.eu"))
+                .with_partitions(vec![list_offsets_request::ListOffsetsPartition::default()]),
+            list_offsets_request::ListOffsetsTopic::default()
+                .with_name(name("payments"))
+                .with_partitions(vec![
+                    list_offsets_request::ListOffsetsPartition::default().with_partition_index(4)
+                ]),
+        ]);
+        let reqs = encode_request(&hdr(2, v, 8, "r"), &req, v);
+        let mut obs = Obs::default();
+        let (_f, seen, back) = roundtrip(
+            &c,
+            &Identity::default(),
+            &mut obs,
+            &reqs,
+            reqs.chunks(1).collect(),
+            1,
+        );
+        assert_eq!(
+            ListOffsetsRequest::decode(&mut seen[0].3.clone(), v)
+                .unwrap()
+                .topics
+                .len(),
+            1
+        );
+        let (corr, r): (i32, ListOffsetsResponse) = decode_resp(frames(&back)[0], v);
+        assert_eq!(corr, 8);
+        let mut got: Vec<(String, i16, i64)> = r
+            .topics
+            .iter()
+            .map(|t| {
+                (
+                    t.name.0.to_string(),
+                    t.partitions[0].error_code,
+                    t.partitions[0].offset,
+                )
+            })
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![("orders.eu".into(), 0, 5), ("payments".into(), 29, -1)],
+            "v{v}"
+        );
+    }
+    for v in 2..=9 {
+        for (group, want) in [("shop-a", vec![0i16, 29]), ("rogue", vec![30, 30])] {
+            let req = OffsetCommitRequest::default()
+                .with_group_id(StrBytes::from_static_str(group).into())
+                .with_topics(vec![
+                    offset_commit_request::OffsetCommitRequestTopic::default()
+                        .with_name(name("orders.eu"))
+                        .with_partitions(vec![
+                            offset_commit_request::OffsetCommitRequestPartition::default(),
+                        ]),
+                    offset_commit_request::OffsetCommitRequestTopic::default()
+                        .with_name(name("payments"))
+                        .with_partitions(vec![
+                            offset_commit_request::OffsetCommitRequestPartition::default(),
+                        ]),
+                ]);
+            let reqs = encode_request(&hdr(8, v, 3, "r"), &req, v);
+            let mut obs = Obs::default();
+            let (_f, _seen, back) = roundtrip(
+                &c,
+                &Identity::default(),
+                &mut obs,
+                &reqs,
+                vec![&reqs[..]],
+                2,
+            );
+            let (_, r): (i32, OffsetCommitResponse) = decode_resp(frames(&back)[0], v);
+            let mut got: Vec<(String, i16)> = r
+                .topics
+                .iter()
+                .map(|t| (t.name.0.to_string(), t.partitions[0].error_code))
+                .collect();
+            got.sort();
+            assert_eq!(
+                got.iter().map(|g| g.1).collect::<Vec<_>>(),
+                want,
+                "v{v} {group}"
+            );
+        }
+    }
+    for v in 1..=7 {
+        let req = OffsetFetchRequest::default()
+            .with_group_id(StrBytes::from_static_str("shop-a").into())
+            .with_topics(Some(vec![
+                offset_fetch_request::OffsetFetchRequestTopic::default()
+                    .with_name(name("payments"))
+                    .with_partition_indexes(vec![0, 1]),
+                offset_fetch_request::OffsetFetchRequestTopic::default()
+                    .with_name(name("public"))
+                    .with_partition_indexes(vec![2]),
+            ]));
+        let reqs = encode_request(&hdr(9, v, 4, "r"), &req, v);
+        let mut obs = Obs::default();
+        let (_f, _seen, back) = roundtrip(
+            &c,
+            &Identity::default(),
+            &mut obs,
+            &reqs,
+            reqs.chunks(2).collect(),
+            3,
+        );
+        let (_, r): (i32, OffsetFetchResponse) = decode_resp(frames(&back)[0], v);
+        let mut got: Vec<(String, i32, i16, i64)> = r
+            .topics
+            .iter()
+            .flat_map(|t| {
+                t.partitions.iter().map(|p| {
+                    (
+                        t.name.0.to_string(),
+                        p.partition_index,
+                        p.error_code,
+                        p.committed_offset,
+                    )
+                })
+            })
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                ("payments".into(), 0, 29, -1),
+                ("payments".into(), 1, 29, -1),
+                ("public".into(), 2, 0, 7)
+            ],
+            "v{v}"
+        );
+    }
+}
+
+#[test]
+fn under_a_policy_apiversions_caps_the_versions_the_policy_cannot_rewrite() {
+    use kafka_protocol::messages::api_versions_response::ApiVersion;
+    let c = cfg(POLICY);
+    let av = ApiVersionsResponse::default().with_api_keys(vec![
+        ApiVersion::default().with_api_key(9).with_max_version(10),
+        ApiVersion::default().with_api_key(8).with_max_version(10),
+    ]);
+    let mut s = Session::new(c);
+    let mut obs = Obs::default();
+    let req = encode_request(&hdr(18, 3, 1, "c"), &ApiVersionsRequest::default(), 3);
+    pump(&mut s, Direction::Request, [&req[..]], false, &mut obs);
+    let resp = encode_response(1, &av, 3);
+    let p = pump(&mut s, Direction::Response, [&resp[..]], false, &mut obs);
+    let (_, r): (i32, ApiVersionsResponse) = decode_resp(frames(&p.out)[0], 3);
+    let maxes: Vec<(i16, i16)> = r
+        .api_keys
+        .iter()
+        .map(|k| (k.api_key, k.max_version))
+        .collect();
+    assert_eq!(maxes, vec![(9, 7), (8, 9)]);
 }

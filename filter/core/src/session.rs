@@ -412,6 +412,9 @@ pub struct Session {
     /// processed again, rewritten).
     policy_done: Option<i32>,
     pending_splice: Option<PendingSplice>,
+    /// SASL mechanism from SaslHandshake, and a PLAIN username awaiting the broker's verdict.
+    sasl_mechanism: Option<String>,
+    sasl_pending: Option<(i32, String)>,
     closed: bool,
 }
 
@@ -431,6 +434,8 @@ impl Session {
             identity: Identity::default(),
             policy_done: None,
             pending_splice: None,
+            sasl_mechanism: None,
+            sasl_pending: None,
             closed: false,
         }
         .with_walks(walks)
@@ -741,6 +746,39 @@ impl Session {
             None => hdr.clone(),
         };
         let hdr = shown;
+        if self.cfg.compiled_policy.is_some() && hdr.version_known {
+            // SASL/PLAIN on a listener that is not SASL-encrypted: learn the username the
+            // broker is about to authenticate (KIP-152: SaslHandshake v1 then SaslAuthenticate).
+            let mut r = rest.clone();
+            match hdr.api_key {
+                SASL_HANDSHAKE => match r.string("mechanism") {
+                    Ok(m) => {
+                        let m = String::from_utf8_lossy(m.get(..64).unwrap_or(m)).into_owned();
+                        self.sasl_mechanism = Some(m);
+                    }
+                    Err(e) => return decode_err(Some(hdr.api_key), e),
+                },
+                SASL_AUTHENTICATE if self.sasl_mechanism.as_deref() == Some("PLAIN") => {
+                    let bytes = if hdr.is_flexible() {
+                        r.uvarint("auth_bytes")
+                            .and_then(|n| r.take(n.saturating_sub(1) as usize, "auth_bytes"))
+                    } else {
+                        r.i32("auth_bytes")
+                            .and_then(|n| r.take(usize::try_from(n).unwrap_or(0), "auth_bytes"))
+                    };
+                    match bytes {
+                        // PLAIN (RFC 4616): [authzid] NUL authcid NUL passwd
+                        Ok(b) => {
+                            let user = b.split(|c| *c == 0).nth(1).unwrap_or(&[]);
+                            let user = String::from_utf8_lossy(user.get(..256).unwrap_or(user));
+                            self.sasl_pending = Some((hdr.correlation_id, user.into_owned()));
+                        }
+                        Err(e) => return decode_err(Some(hdr.api_key), e),
+                    }
+                }
+                _ => {}
+            }
+        }
         let mut expects_response = true;
         if hdr.api_key == PRODUCE && hdr.version_known {
             match header::produce_acks(&hdr, rest) {
@@ -857,6 +895,13 @@ impl Session {
                 api_denied || policy.may_deny_topics(&id, Operation::Delete),
                 1,
             ),
+            2 => (
+                api_denied || policy.may_deny_topics(&id, Operation::Consume),
+                1,
+            ),
+            // OffsetCommit/OffsetFetch carry a group: always checked.
+            8 => (true, 2),
+            9 => (true, 1),
             11..=14 => (true, 0),
             _ => (api_denied, 0),
         };
@@ -1118,6 +1163,14 @@ impl Session {
     }
 
     fn finish_walk(&mut self, ws: WalkState, obs: &mut dyn Observer) {
+        if ws.collector.api_key() == SASL_AUTHENTICATE && !ws.expects_response {
+            if let Some((corr, user)) = self.sasl_pending.take() {
+                if corr == ws.correlation_id && ws.collector.first_error == 0 && ws.walker.is_done()
+                {
+                    self.identity.sasl_user = Some(user);
+                }
+            }
+        }
         let Some(mut access) = ws.access else { return };
         if let Some(topics) = ws.collector.access {
             // Request side: the topics go with the queued request to its response.
@@ -1175,10 +1228,11 @@ impl Session {
         // size and the correlation id.
         let body = frame.get_mut(8..).unwrap_or(&mut []);
         let clamps =
-            apiversions::plan_clamps(version, body).map_err(|error| Malformed::Decode {
-                api_key: Some(API_VERSIONS),
-                error,
-            })?;
+            apiversions::plan_clamps_with(version, body, self.cfg.compiled_policy.is_some())
+                .map_err(|error| Malformed::Decode {
+                    api_key: Some(API_VERSIONS),
+                    error,
+                })?;
         if clamps.is_empty() {
             return Ok((total, false)); // nothing to change: leave the host buffer untouched
         }
@@ -1400,10 +1454,13 @@ fn prepend_head(
     Ok(Some((8 + end, out)))
 }
 
+const SASL_HANDSHAKE: i16 = 17;
+const SASL_AUTHENTICATE: i16 = 36;
+
 /// Which directions' bodies this config needs walked.
 fn cfg_walks(cfg: &Config) -> (bool, bool) {
     let m = &cfg.metrics;
-    let log = cfg.access_log.enabled;
+    let log = cfg.access_log.enabled || cfg.compiled_policy.is_some();
     let req = log || m.on(Family::Produce) || m.on(Family::Lag) || m.on(Family::Groups);
     let resp = log
         || m.on(Family::Fetch)

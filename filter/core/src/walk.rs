@@ -267,6 +267,47 @@ static DELETE_TOPICS_REQ: &[Field] = &[
     f(Skip, I32, 0), // timeout_ms
 ];
 
+// ---- ListOffsets (api 2), OffsetCommit (8), OffsetFetch (9): complete request schemas ----
+static LIST_OFFSETS_REQ_PART: &[Field] = &[
+    f(Partition, I32, 0),
+    f(Skip, I32, 4), // current_leader_epoch
+    f(Skip, I64, 0), // timestamp
+];
+static LIST_OFFSETS_REQ_TOPIC: &[Field] = &[
+    f(Topic, Str, 0),
+    f(Partitions, Array(LIST_OFFSETS_REQ_PART), 0),
+];
+static LIST_OFFSETS_REQ: &[Field] = &[
+    f(Skip, I32, 0), // replica_id
+    f(Skip, I8, 2),  // isolation_level
+    f(Topics, Array(LIST_OFFSETS_REQ_TOPIC), 0),
+    f(Skip, I32, 10), // timeout_ms
+];
+static OFFSET_COMMIT_REQ_PART: &[Field] = &[
+    f(Partition, I32, 0),
+    f(Skip, I64, 0), // committed_offset
+    f(Skip, I32, 6), // committed_leader_epoch
+    f(Skip, Str, 0), // committed_metadata
+];
+static OFFSET_COMMIT_REQ_TOPIC: &[Field] = &[
+    f(Topic, Str, 0),
+    f(Partitions, Array(OFFSET_COMMIT_REQ_PART), 0),
+];
+static OFFSET_COMMIT_REQ: &[Field] = &[
+    f(GroupId, Str, 0),
+    f(Skip, I32, 0),     // generation_id_or_member_epoch
+    f(Skip, Str, 0),     // member_id
+    f(Skip, Str, 7),     // group_instance_id
+    fr(Skip, I64, 2, 4), // retention_time_ms
+    f(Topics, Array(OFFSET_COMMIT_REQ_TOPIC), 0),
+];
+static OFFSET_FETCH_REQ_TOPIC: &[Field] = &[f(Topic, Str, 0), f(Skip, I32Array, 0)];
+static OFFSET_FETCH_REQ: &[Field] = &[
+    f(GroupId, Str, 0),
+    f(Topics, Array(OFFSET_FETCH_REQ_TOPIC), 0),
+    f(Skip, I8, 7), // require_stable
+];
+
 // ---- Others with a simple error layout -----------------------------------------------------
 static FIND_COORDINATOR_ITEM: &[Field] = &[
     f(Skip, Str, 0), // key
@@ -318,6 +359,9 @@ pub static S_PRODUCE_REQ_FULL: Schema = schema(3, PRODUCE_REQ);
 pub static S_FETCH_REQ_FULL: Schema = schema(4, FETCH_REQ_FULL);
 pub static S_DELETE_TOPICS_REQ: Schema = schema(1, DELETE_TOPICS_REQ);
 pub static S_METADATA_RESP_FULL: Schema = schema(0, METADATA_RESP);
+pub static S_LIST_OFFSETS_REQ: Schema = schema(1, LIST_OFFSETS_REQ);
+pub static S_OFFSET_COMMIT_REQ_FULL: Schema = schema(2, OFFSET_COMMIT_REQ);
+pub static S_OFFSET_FETCH_REQ: Schema = schema(1, OFFSET_FETCH_REQ);
 static S_FETCH_RESP: Schema = schema(4, FETCH_RESP);
 static S_METADATA_RESP: Schema = schema(0, METADATA_RESP);
 static S_GROUP_REQ: Schema = schema(0, GROUP_REQ);
@@ -329,6 +373,28 @@ static S_FIND_COORDINATOR_RESP: Schema = schema(0, FIND_COORDINATOR_RESP);
 static S_INIT_PRODUCER_ID_RESP: Schema = schema(0, INIT_PRODUCER_ID_RESP);
 static S_DELETE_TOPICS_RESP: Schema = schema(1, DELETE_TOPICS_RESP);
 static S_LIST_OFFSETS_RESP: Schema = schema(1, LIST_OFFSETS_RESP);
+static OFFSET_FETCH_RESP_PART: &[Field] = &[
+    f(Partition, I32, 0),
+    f(Skip, I64, 0), // committed_offset
+    f(Skip, I32, 5), // committed_leader_epoch
+    f(Skip, Str, 0), // metadata
+    f(ErrorCode, I16, 0),
+];
+static OFFSET_FETCH_RESP_TOPIC: &[Field] = &[
+    f(Topic, Str, 0),
+    f(Partitions, Array(OFFSET_FETCH_RESP_PART), 0),
+];
+/// OffsetFetch v1-7 (v8+ batches groups: only the throttle is read, then the walk stops).
+static OFFSET_FETCH_RESP: &[Field] = &[
+    f(Skip, I32, 3),
+    fr(Skip, Stop, 8, i16::MAX),
+    f(Topics, Array(OFFSET_FETCH_RESP_TOPIC), 0),
+    f(TopErrorCode, I16, 2),
+];
+static S_OFFSET_FETCH_RESP: Schema = schema(1, OFFSET_FETCH_RESP);
+/// SaslAuthenticate: the error code comes first (the policy learns a PLAIN username on 0).
+static SASL_AUTH_RESP: &[Field] = &[f(TopErrorCode, I16, 0), f(Skip, Stop, 0)];
+static S_SASL_AUTH_RESP: Schema = schema(0, SASL_AUTH_RESP);
 
 pub const JOIN_GROUP: i16 = 11;
 pub const HEARTBEAT: i16 = 12;
@@ -361,6 +427,8 @@ pub fn response_schema(api_key: i16, version: i16) -> Option<&'static Schema> {
         22 => &S_INIT_PRODUCER_ID_RESP,
         20 => &S_DELETE_TOPICS_RESP,
         2 => &S_LIST_OFFSETS_RESP,
+        36 => &S_SASL_AUTH_RESP,
+        9 => &S_OFFSET_FETCH_RESP,
         _ => return None,
     };
     usable(s, api_key, version)

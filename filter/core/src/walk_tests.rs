@@ -530,3 +530,45 @@ fn garbage_after_a_walked_frame_is_the_next_frame() {
         assert_eq!(f.malformed.len(), 1);
     }
 }
+
+#[test]
+fn offset_fetch_errors_every_version() {
+    use kafka_protocol::messages::{
+        offset_fetch_response, OffsetFetchRequest, OffsetFetchResponse,
+    };
+    let c = cfg(|_| {});
+    // kafka-protocol 0.18 encodes OffsetFetch requests up to v9
+    for v in 1..=9 {
+        let resp = if v <= 7 {
+            OffsetFetchResponse::default().with_topics(vec![
+                offset_fetch_response::OffsetFetchResponseTopic::default()
+                    .with_name(TopicName(StrBytes::from_static_str("orders")))
+                    .with_partitions(vec![
+                        offset_fetch_response::OffsetFetchResponsePartition::default()
+                            .with_partition_index(2)
+                            .with_metadata(Some(StrBytes::from_static_str("m")))
+                            .with_error_code(29),
+                    ]),
+            ])
+        } else {
+            OffsetFetchResponse::default().with_groups(vec![
+                offset_fetch_response::OffsetFetchResponseGroup::default()
+                    .with_group_id(StrBytes::from_static_str("g").into()),
+            ])
+        };
+        let req = if v <= 7 {
+            OffsetFetchRequest::default().with_group_id(StrBytes::from_static_str("g").into())
+        } else {
+            OffsetFetchRequest::default()
+        };
+        let reqs = encode_request(&hdr(9, v, 5), &req, v);
+        let resps = encode_response(5, &resp, v);
+        let f = run(&c, &reqs, &resps);
+        let want: Vec<String> = if v <= 7 {
+            vec!["error 9 orders 29".into()]
+        } else {
+            vec![]
+        };
+        assert_eq!(f.facts, want, "v{v}");
+    }
+}
