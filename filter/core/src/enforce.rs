@@ -24,10 +24,11 @@
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{
-    delete_topics_response, fetch_response, list_offsets_response, offset_commit_response,
-    offset_fetch_response, produce_response, DeleteTopicsRequest, FetchRequest, HeartbeatResponse,
-    JoinGroupResponse, LeaveGroupResponse, ListOffsetsRequest, OffsetCommitRequest,
-    OffsetFetchRequest, ProduceRequest, SyncGroupResponse,
+    delete_topics_response, fetch_response, list_offsets_response, metadata_response,
+    offset_commit_response, offset_fetch_response, produce_response, DeleteTopicsRequest,
+    FetchRequest, HeartbeatResponse, JoinGroupResponse, LeaveGroupResponse, ListOffsetsRequest,
+    MetadataRequest, MetadataResponse, OffsetCommitRequest, OffsetFetchRequest, ProduceRequest,
+    SyncGroupResponse,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
@@ -65,6 +66,16 @@ pub enum Splice {
     Prepend { count: u32, entries: Vec<u8> },
     /// Replace the response body (after the response header) with this one.
     Replace { body: Vec<u8> },
+    /// A Metadata response to rewrite whole: drop or fail the topics the client may not
+    /// describe, and add the requested topics the filter kept from the broker.
+    Metadata {
+        /// The request asked for all topics.
+        all_topics: bool,
+        /// Requested topics that were denied (name, id), in request order.
+        denied: Vec<(Option<String>, [u8; 16])>,
+        /// The request's client id (identity for the response-time decisions).
+        client_id: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -207,6 +218,7 @@ pub fn enforce_request(
                 "{api_name} v{version} cannot be enforced (no topic-level rewrite for it)"
             ),
         },
+        api::METADATA if version >= 1 => metadata(&mut j, names, version, flexible, body, forced)?,
         JOIN_GROUP | HEARTBEAT | LEAVE_GROUP | SYNC_GROUP => {
             let mut r = Reader::new(body);
             let group = String::from_utf8_lossy(r.string_v(flexible, "group_id")?).into_owned();
@@ -878,3 +890,134 @@ fn offset_fetch(
 
 /// The ApiVersions v0 request body used as a probe: empty.
 pub const PROBE_API_VERSION: i16 = 0;
+
+fn metadata(
+    j: &mut Judge<'_>,
+    names: &mut dyn TopicNames,
+    version: i16,
+    flexible: bool,
+    body: &[u8],
+    forced: Option<i16>,
+) -> DecodeResult<Enforced> {
+    walk::walk_all(&walk::S_METADATA_REQ, version, flexible, body, &mut |_| {})?;
+    let req =
+        MetadataRequest::decode(&mut Bytes::copy_from_slice(body), version).map_err(kp_err)?;
+    let Some(topics) = req.topics.as_ref() else {
+        // All topics: decided per topic on the response.
+        return Ok(Enforced::Rewrite {
+            body: body.to_vec(),
+            splice: Some(Splice::Metadata {
+                all_topics: true,
+                denied: Vec::new(),
+                client_id: j.id.client_id.clone(),
+            }),
+        });
+    };
+    let mut kept = Vec::new();
+    let mut denied = Vec::new();
+    for t in topics {
+        let named = match &t.name {
+            Some(n) => Named::Name(n.0.to_string()),
+            None => topic_name(
+                j,
+                names,
+                "",
+                t.topic_id.as_bytes(),
+                true,
+                Operation::Describe,
+            ),
+        };
+        let code = match forced {
+            Some(c) => c,
+            None => topic_code(j, named, Operation::Describe),
+        };
+        if code == 0 {
+            kept.push(t.clone());
+        } else {
+            denied.push((
+                t.name.as_ref().map(|n| n.0.to_string()),
+                *t.topic_id.as_bytes(),
+            ));
+        }
+    }
+    // A denied topic never reaches the broker, so it cannot be auto-created either.
+    Ok(Enforced::Rewrite {
+        body: if denied.is_empty() {
+            body.to_vec()
+        } else {
+            encode(&req.clone().with_topics(Some(kept)), version)?
+        },
+        splice: Some(Splice::Metadata {
+            all_topics: false,
+            denied,
+            client_id: j.id.client_id.clone(),
+        }),
+    })
+}
+
+/// Rewrite a complete Metadata response body for [`Splice::Metadata`]: topics the client may
+/// not describe are dropped from all-topics answers (as Kafka itself omits unauthorized
+/// topics there) or, with `hide: false`, answered with TOPIC_AUTHORIZATION_FAILED; requested
+/// topics the filter withheld from the broker are answered with TOPIC_AUTHORIZATION_FAILED.
+#[allow(clippy::too_many_arguments)]
+pub fn rewrite_metadata_response(
+    policy: &Policy,
+    id: &Identity,
+    version: i16,
+    body: &[u8],
+    all_topics: bool,
+    denied: &[(Option<String>, [u8; 16])],
+    hide: bool,
+    notes: &mut Vec<Note>,
+) -> DecodeResult<Vec<u8>> {
+    let flexible = api::api_info(api::METADATA).is_some_and(|a| a.is_flexible(version));
+    walk::walk_all(
+        &walk::S_METADATA_RESP_FULL,
+        version,
+        flexible,
+        body,
+        &mut |_| {},
+    )?;
+    let mut resp =
+        MetadataResponse::decode(&mut Bytes::copy_from_slice(body), version).map_err(kp_err)?;
+    let mut j = Judge {
+        policy,
+        id,
+        notes: Vec::new(),
+    };
+    if all_topics {
+        let mut out = Vec::new();
+        for t in resp.topics.drain(..) {
+            let name = t.name.as_ref().map(|n| n.0.to_string()).unwrap_or_default();
+            if topic_code(&mut j, Named::Name(name.clone()), Operation::Describe) == 0 {
+                out.push(t);
+            } else if !hide {
+                out.push(failed_topic(t.name.clone(), t.topic_id));
+            }
+        }
+        resp.topics = out;
+    }
+    for (name, id) in denied {
+        let name = name
+            .clone()
+            .map(|n| kafka_protocol::messages::TopicName(StrBytes::from_string(n)));
+        resp.topics.push(failed_topic(name, uuid_of(id)));
+    }
+    notes.extend(j.notes);
+    encode(&resp, version)
+}
+
+fn uuid_of(b: &[u8; 16]) -> uuid::Uuid {
+    uuid::Uuid::from_bytes(*b)
+}
+
+fn failed_topic(
+    name: Option<kafka_protocol::messages::TopicName>,
+    id: uuid::Uuid,
+) -> metadata_response::MetadataResponseTopic {
+    metadata_response::MetadataResponseTopic::default()
+        .with_error_code(TOPIC_AUTHORIZATION_FAILED)
+        .with_name(name)
+        .with_topic_id(id)
+        .with_topic_authorized_operations(i32::MIN)
+}

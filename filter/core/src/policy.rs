@@ -169,6 +169,9 @@ pub struct PolicySpec {
     /// A topic id the filter cannot name (no Metadata seen yet): deny it when any deny could
     /// apply (the default), or allow it.
     pub unknown_topic_ids: Action,
+    /// Drop from all-topics Metadata responses the topics the client may not describe (what
+    /// Kafka's own authorizer does); `false` lists them with TOPIC_AUTHORIZATION_FAILED.
+    pub hide_unauthorized_topics: bool,
     pub rules: Vec<RuleSpec>,
 }
 
@@ -179,6 +182,7 @@ impl Default for PolicySpec {
             default_action: Action::Allow,
             on_deny: OnDeny::Error,
             unknown_topic_ids: Action::Deny,
+            hide_unauthorized_topics: true,
             rules: Vec::new(),
         }
     }
@@ -318,6 +322,7 @@ pub struct Policy {
     pub default_action: Action,
     pub on_deny: OnDeny,
     pub unknown_topic_ids: Action,
+    pub hide_unauthorized_topics: bool,
     pub rules: Vec<Rule>,
 }
 
@@ -591,6 +596,7 @@ impl Policy {
             default_action: spec.default_action,
             on_deny: spec.on_deny,
             unknown_topic_ids: spec.unknown_topic_ids,
+            hide_unauthorized_topics: spec.hide_unauthorized_topics,
             rules,
         })
     }

@@ -169,7 +169,29 @@ fn broker(forwarded: &[u8]) -> (Vec<u8>, Vec<(i16, i16, RequestHeader, Bytes)>) 
                 &JoinGroupResponse::default().with_generation_id(1),
                 v,
             )),
-            3 => out.extend(encode_response(corr, &MetadataResponse::default(), v)),
+            3 => {
+                let r = MetadataRequest::decode(&mut b, v).unwrap();
+                let names: Vec<String> = match &r.topics {
+                    None => vec!["orders.eu".into(), "payments".into(), "public".into()],
+                    Some(t) => t
+                        .iter()
+                        .filter_map(|t| t.name.as_ref().map(|n| n.0.to_string()))
+                        .collect(),
+                };
+                let resp = MetadataResponse::default().with_topics(
+                    names
+                        .into_iter()
+                        .map(|n| {
+                            metadata_response::MetadataResponseTopic::default()
+                                .with_name(Some(TopicName(StrBytes::from_string(n))))
+                                .with_partitions(vec![
+                                    metadata_response::MetadataResponsePartition::default(),
+                                ])
+                        })
+                        .collect(),
+                );
+                out.extend(encode_response(corr, &resp, v));
+            }
             17 => out.extend(encode_response(corr, &SaslHandshakeResponse::default(), v)),
             2 => {
                 let r = ListOffsetsRequest::decode(&mut b, v).unwrap();
@@ -944,4 +966,82 @@ fn under_a_policy_apiversions_caps_the_versions_the_policy_cannot_rewrite() {
         .map(|k| (k.api_key, k.max_version))
         .collect();
     assert_eq!(maxes, vec![(9, 7), (8, 9)]);
+}
+
+#[test]
+fn metadata_hides_or_fails_topics_the_client_may_not_describe() {
+    for (hide, all_want) in [
+        (true, vec![("orders.eu", 0), ("public", 0)]),
+        (
+            false,
+            vec![("orders.eu", 0), ("payments", 29), ("public", 0)],
+        ),
+    ] {
+        let c = cfg(&POLICY.replace(
+            r#""defaultAction""#,
+            &format!(r#""hideUnauthorizedTopics": {hide}, "defaultAction""#),
+        ));
+        for v in 1..=13 {
+            // all topics (null list; v1-3 have no null, an empty list meant all only in v0)
+            if v >= 1 {
+                let reqs = encode_request(
+                    &hdr(3, v, 1, "r"),
+                    &MetadataRequest::default().with_topics(None),
+                    v,
+                );
+                let mut obs = Obs::default();
+                let (_f, _seen, back) = roundtrip(
+                    &c,
+                    &Identity::default(),
+                    &mut obs,
+                    &reqs,
+                    reqs.chunks(3).collect(),
+                    7,
+                );
+                let (_, r): (i32, MetadataResponse) = decode_resp(frames(&back)[0], v);
+                let got: Vec<(String, i16)> = r
+                    .topics
+                    .iter()
+                    .map(|t| (t.name.as_ref().unwrap().0.to_string(), t.error_code))
+                    .collect();
+                let want: Vec<(String, i16)> =
+                    all_want.iter().map(|(n, e)| (n.to_string(), *e)).collect();
+                assert_eq!(got, want, "v{v} hide={hide}");
+            }
+            // named topics: the denied one never reaches the broker
+            let req = MetadataRequest::default()
+                .with_topics(Some(vec![
+                    metadata_request::MetadataRequestTopic::default()
+                        .with_name(Some(name("payments"))),
+                    metadata_request::MetadataRequestTopic::default()
+                        .with_name(Some(name("public"))),
+                ]))
+                .with_allow_auto_topic_creation(true);
+            let reqs = encode_request(&hdr(3, v, 2, "r"), &req, v);
+            let mut obs = Obs::default();
+            let (_f, seen, back) = roundtrip(
+                &c,
+                &Identity::default(),
+                &mut obs,
+                &reqs,
+                reqs.chunks(1).collect(),
+                1,
+            );
+            let fwd = MetadataRequest::decode(&mut seen[0].3.clone(), v).unwrap();
+            assert_eq!(fwd.topics.unwrap().len(), 1, "v{v}");
+            let (corr, r): (i32, MetadataResponse) = decode_resp(frames(&back)[0], v);
+            assert_eq!(corr, 2);
+            let mut got: Vec<(String, i16)> = r
+                .topics
+                .iter()
+                .map(|t| (t.name.as_ref().unwrap().0.to_string(), t.error_code))
+                .collect();
+            got.sort();
+            assert_eq!(
+                got,
+                vec![("payments".into(), 29), ("public".into(), 0)],
+                "v{v}"
+            );
+        }
+    }
 }

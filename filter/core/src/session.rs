@@ -899,6 +899,10 @@ impl Session {
                 api_denied || policy.may_deny_topics(&id, Operation::Consume),
                 1,
             ),
+            api::METADATA => (
+                api_denied || policy.may_deny_topics(&id, Operation::Describe),
+                1,
+            ),
             // OffsetCommit/OffsetFetch carry a group: always checked.
             8 => (true, 2),
             9 => (true, 1),
@@ -979,6 +983,16 @@ impl Session {
             if front.correlation_id == correlation_id {
                 match front.splice.as_deref() {
                     Some(Splice::Replace { .. }) => {
+                        return HeadOutcome::Hold(HoldAction::ReplaceResponse);
+                    }
+                    Some(Splice::Metadata { .. }) => {
+                        if total > self.cfg.max_buffered_frame_bytes as usize {
+                            return HeadOutcome::Malformed(Malformed::PolicyClose {
+                                reason: format!(
+                                    "Metadata response of {total} bytes exceeds maxBufferedFrameBytes and cannot be filtered"
+                                ),
+                            });
+                        }
                         return HeadOutcome::Hold(HoldAction::ReplaceResponse);
                     }
                     Some(Splice::Prepend { count, entries }) => {
@@ -1218,7 +1232,7 @@ impl Session {
                     .map(|n| (n, true));
             }
             HoldAction::ReplaceResponse => {
-                let new = self.replace_response(&frame)?;
+                let new = self.replace_response(&frame, obs)?;
                 return self
                     .replace_frame(buf, start, total, new)
                     .map(|n| (n, true));
@@ -1356,21 +1370,67 @@ impl Session {
 
     /// The probe's answer has arrived whole: the client gets the synthesized response of the
     /// API it sent instead.
-    fn replace_response(&mut self, frame: &[u8]) -> Result<Option<Vec<u8>>, Malformed> {
+    fn replace_response(
+        &mut self,
+        frame: &[u8],
+        obs: &mut dyn Observer,
+    ) -> Result<Option<Vec<u8>>, Malformed> {
         let Some(front) = self.inflight.front_mut() else {
             return Ok(None);
         };
         let Some(splice) = front.splice.take() else {
             return Ok(None);
         };
-        let Splice::Replace { body } = *splice else {
-            return Ok(None);
+        let header_v1 = api::api_info(front.api_key)
+            .is_some_and(|a| a.response_header_version(front.api_version) >= 1);
+        let body = match *splice {
+            Splice::Replace { body } => body,
+            Splice::Metadata {
+                all_topics,
+                denied,
+                client_id,
+            } => {
+                let cfg = self.cfg.clone();
+                let Some(policy) = cfg.compiled_policy.as_ref() else {
+                    return Ok(None);
+                };
+                let id = Identity {
+                    client_id,
+                    ..self.identity.clone()
+                };
+                let mut r = Reader::new(frame.get(8..).unwrap_or(&[]));
+                if header_v1 {
+                    r.skip_tagged_fields("response_header.tagged_fields")
+                        .map_err(|error| Malformed::Decode {
+                            api_key: Some(api::METADATA),
+                            error,
+                        })?;
+                }
+                let mut notes = Vec::new();
+                let body = enforce::rewrite_metadata_response(
+                    policy,
+                    &id,
+                    front.api_version,
+                    r.rest(),
+                    all_topics,
+                    &denied,
+                    policy.hide_unauthorized_topics,
+                    &mut notes,
+                )
+                .map_err(|error| Malformed::Decode {
+                    api_key: Some(api::METADATA),
+                    error,
+                })?;
+                for n in &notes {
+                    obs.policy_note(n);
+                }
+                body
+            }
+            Splice::Prepend { .. } => return Ok(None),
         };
         let mut f = vec![0, 0, 0, 0];
         f.extend_from_slice(frame.get(4..8).unwrap_or(&[0, 0, 0, 0]));
-        if api::api_info(front.api_key)
-            .is_some_and(|a| a.response_header_version(front.api_version) >= 1)
-        {
+        if header_v1 {
             f.push(0); // response header v1: no tagged fields
         }
         f.extend_from_slice(&body);

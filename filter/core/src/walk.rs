@@ -242,6 +242,14 @@ static METADATA_RESP: &[Field] = &[
     f(TopErrorCode, I16, 13),
 ];
 
+static METADATA_REQ_TOPIC: &[Field] = &[f(TopicId, Uuid, 10), f(Topic, Str, 0)];
+static METADATA_REQ: &[Field] = &[
+    f(Topics, Array(METADATA_REQ_TOPIC), 0),
+    f(Skip, I8, 4),
+    fr(Skip, I8, 8, 10),
+    f(Skip, I8, 8),
+];
+
 // ---- Consumer groups: the group id leads every request --------------------------------------
 static GROUP_REQ: &[Field] = &[f(GroupId, Str, 0), f(Skip, Stop, 0)];
 static JOIN_GROUP_RESP: &[Field] = &[f(Skip, I32, 2), f(TopErrorCode, I16, 0), f(Skip, Stop, 0)];
@@ -359,6 +367,7 @@ pub static S_PRODUCE_REQ_FULL: Schema = schema(3, PRODUCE_REQ);
 pub static S_FETCH_REQ_FULL: Schema = schema(4, FETCH_REQ_FULL);
 pub static S_DELETE_TOPICS_REQ: Schema = schema(1, DELETE_TOPICS_REQ);
 pub static S_METADATA_RESP_FULL: Schema = schema(0, METADATA_RESP);
+pub static S_METADATA_REQ: Schema = schema(1, METADATA_REQ);
 pub static S_LIST_OFFSETS_REQ: Schema = schema(1, LIST_OFFSETS_REQ);
 pub static S_OFFSET_COMMIT_REQ_FULL: Schema = schema(2, OFFSET_COMMIT_REQ);
 pub static S_OFFSET_FETCH_REQ: Schema = schema(1, OFFSET_FETCH_REQ);
