@@ -24,11 +24,14 @@
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{
-    delete_topics_response, fetch_response, list_offsets_response, metadata_response,
-    offset_commit_response, offset_fetch_response, produce_response, DeleteTopicsRequest,
-    FetchRequest, HeartbeatResponse, JoinGroupResponse, LeaveGroupResponse, ListOffsetsRequest,
-    MetadataRequest, MetadataResponse, OffsetCommitRequest, OffsetFetchRequest, ProduceRequest,
-    SyncGroupResponse,
+    alter_configs_response, create_partitions_response, create_topics_response,
+    delete_records_response, delete_topics_response, fetch_response,
+    incremental_alter_configs_response, list_offsets_response, metadata_response,
+    offset_commit_response, offset_fetch_response, produce_response, AlterConfigsRequest,
+    CreatePartitionsRequest, CreateTopicsRequest, DeleteRecordsRequest, DeleteTopicsRequest,
+    FetchRequest, HeartbeatResponse, IncrementalAlterConfigsRequest, JoinGroupResponse,
+    LeaveGroupResponse, ListOffsetsRequest, MetadataRequest, MetadataResponse, OffsetCommitRequest,
+    OffsetFetchRequest, ProduceRequest, SyncGroupResponse,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
@@ -53,6 +56,13 @@ const DELETE_TOPICS: i16 = 20;
 const LIST_OFFSETS: i16 = 2;
 const OFFSET_COMMIT: i16 = 8;
 const OFFSET_FETCH: i16 = 9;
+const CREATE_TOPICS: i16 = 19;
+const DELETE_RECORDS: i16 = 21;
+const ALTER_CONFIGS: i16 = 33;
+const CREATE_PARTITIONS: i16 = 37;
+const INCREMENTAL_ALTER_CONFIGS: i16 = 44;
+/// `resource_type` of a topic in (Incremental)AlterConfigs (Kafka's `ConfigResource.Type`).
+const RESOURCE_TOPIC: i8 = 2;
 
 /// Names for topic ids (the map learned from Metadata responses).
 pub trait TopicNames {
@@ -218,6 +228,10 @@ pub fn enforce_request(
                 "{api_name} v{version} cannot be enforced (no topic-level rewrite for it)"
             ),
         },
+        CREATE_TOPICS if version >= 2 => admin(&mut j, api_key, version, flexible, body, forced)?,
+        DELETE_RECORDS | ALTER_CONFIGS | CREATE_PARTITIONS | INCREMENTAL_ALTER_CONFIGS => {
+            admin(&mut j, api_key, version, flexible, body, forced)?
+        }
         api::METADATA if version >= 1 => metadata(&mut j, names, version, flexible, body, forced)?,
         JOIN_GROUP | HEARTBEAT | LEAVE_GROUP | SYNC_GROUP => {
             let mut r = Reader::new(body);
@@ -698,6 +712,11 @@ pub fn prepend_prefix_len(api_key: i16, version: i16) -> Option<usize> {
         api::FETCH => Some(if version >= 7 { 4 + 2 + 4 } else { 4 }),
         DELETE_TOPICS => Some(4),
         LIST_OFFSETS => Some(if version >= 2 { 4 } else { 0 }),
+        CREATE_TOPICS
+        | DELETE_RECORDS
+        | ALTER_CONFIGS
+        | CREATE_PARTITIONS
+        | INCREMENTAL_ALTER_CONFIGS => Some(4),
         OFFSET_COMMIT | OFFSET_FETCH => Some(if version >= 3 { 4 } else { 0 }),
         _ => None,
     }
@@ -1020,4 +1039,145 @@ fn failed_topic(
         .with_name(name)
         .with_topic_id(id)
         .with_topic_authorized_operations(i32::MIN)
+}
+
+const DENIED: &str = "denied by kafka-mesh-filter policy";
+
+/// Topic-scoped admin requests: CreateTopics (create), CreatePartitions, DeleteRecords and
+/// topic resources of (Incremental)AlterConfigs (alter). Broker resources of AlterConfigs are
+/// governed by the API-key rules only.
+fn admin(
+    j: &mut Judge<'_>,
+    api_key: i16,
+    version: i16,
+    flexible: bool,
+    body: &[u8],
+    forced: Option<i16>,
+) -> DecodeResult<Enforced> {
+    let schema = match api_key {
+        CREATE_TOPICS => &walk::S_CREATE_TOPICS_REQ,
+        DELETE_RECORDS => &walk::S_DELETE_RECORDS_REQ,
+        ALTER_CONFIGS => &walk::S_ALTER_CONFIGS_REQ,
+        CREATE_PARTITIONS => &walk::S_CREATE_PARTITIONS_REQ,
+        _ => &walk::S_INC_ALTER_CONFIGS_REQ,
+    };
+    walk::walk_all(schema, version, flexible, body, &mut |_| {})?;
+    let mut b = Bytes::copy_from_slice(body);
+    let op = if api_key == CREATE_TOPICS {
+        Operation::Create
+    } else {
+        Operation::Alter
+    };
+    let code_for = |j: &mut Judge<'_>, topic: &str, is_topic: bool| -> i16 {
+        match forced {
+            Some(c) => c,
+            None if !is_topic => 0,
+            None => topic_code(j, Named::Name(topic.to_string()), op),
+        }
+    };
+    match api_key {
+        CREATE_TOPICS => {
+            let req = CreateTopicsRequest::decode(&mut b, version).map_err(kp_err)?;
+            let (mut kept, mut denied) = (Vec::new(), Vec::new());
+            for t in &req.topics {
+                let c = code_for(j, &t.name.0, true);
+                if c == 0 {
+                    kept.push(t.clone());
+                } else {
+                    denied.push(
+                        create_topics_response::CreatableTopicResult::default()
+                            .with_name(t.name.clone())
+                            .with_error_code(c)
+                            .with_error_message(Some(StrBytes::from_static_str(DENIED)))
+                            .with_num_partitions(-1)
+                            .with_replication_factor(-1),
+                    );
+                }
+            }
+            finish(&denied, &req.clone().with_topics(kept), version)
+        }
+        CREATE_PARTITIONS => {
+            let req = CreatePartitionsRequest::decode(&mut b, version).map_err(kp_err)?;
+            let (mut kept, mut denied) = (Vec::new(), Vec::new());
+            for t in &req.topics {
+                let c = code_for(j, &t.name.0, true);
+                if c == 0 {
+                    kept.push(t.clone());
+                } else {
+                    denied.push(
+                        create_partitions_response::CreatePartitionsTopicResult::default()
+                            .with_name(t.name.clone())
+                            .with_error_code(c)
+                            .with_error_message(Some(StrBytes::from_static_str(DENIED))),
+                    );
+                }
+            }
+            finish(&denied, &req.clone().with_topics(kept), version)
+        }
+        DELETE_RECORDS => {
+            let req = DeleteRecordsRequest::decode(&mut b, version).map_err(kp_err)?;
+            let (mut kept, mut denied) = (Vec::new(), Vec::new());
+            for t in &req.topics {
+                let c = code_for(j, &t.name.0, true);
+                if c == 0 {
+                    kept.push(t.clone());
+                } else {
+                    denied.push(
+                        delete_records_response::DeleteRecordsTopicResult::default()
+                            .with_name(t.name.clone())
+                            .with_partitions(
+                                t.partitions
+                                    .iter()
+                                    .map(|p| {
+                                        delete_records_response::DeleteRecordsPartitionResult::default()
+                                            .with_partition_index(p.partition_index)
+                                            .with_low_watermark(-1)
+                                            .with_error_code(c)
+                                    })
+                                    .collect(),
+                            ),
+                    );
+                }
+            }
+            finish(&denied, &req.clone().with_topics(kept), version)
+        }
+        ALTER_CONFIGS => {
+            let req = AlterConfigsRequest::decode(&mut b, version).map_err(kp_err)?;
+            let (mut kept, mut denied) = (Vec::new(), Vec::new());
+            for r in &req.resources {
+                let c = code_for(j, &r.resource_name, r.resource_type == RESOURCE_TOPIC);
+                if c == 0 {
+                    kept.push(r.clone());
+                } else {
+                    denied.push(
+                        alter_configs_response::AlterConfigsResourceResponse::default()
+                            .with_error_code(c)
+                            .with_error_message(Some(StrBytes::from_static_str(DENIED)))
+                            .with_resource_type(r.resource_type)
+                            .with_resource_name(r.resource_name.clone()),
+                    );
+                }
+            }
+            finish(&denied, &req.clone().with_resources(kept), version)
+        }
+        _ => {
+            let req = IncrementalAlterConfigsRequest::decode(&mut b, version).map_err(kp_err)?;
+            let (mut kept, mut denied) = (Vec::new(), Vec::new());
+            for r in &req.resources {
+                let c = code_for(j, &r.resource_name, r.resource_type == RESOURCE_TOPIC);
+                if c == 0 {
+                    kept.push(r.clone());
+                } else {
+                    denied.push(
+                        incremental_alter_configs_response::AlterConfigsResourceResponse::default()
+                            .with_error_code(c)
+                            .with_error_message(Some(StrBytes::from_static_str(DENIED)))
+                            .with_resource_type(r.resource_type)
+                            .with_resource_name(r.resource_name.clone()),
+                    );
+                }
+            }
+            finish(&denied, &req.clone().with_resources(kept), version)
+        }
+    }
 }

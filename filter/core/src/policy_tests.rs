@@ -193,6 +193,73 @@ fn broker(forwarded: &[u8]) -> (Vec<u8>, Vec<(i16, i16, RequestHeader, Bytes)>) 
                 out.extend(encode_response(corr, &resp, v));
             }
             17 => out.extend(encode_response(corr, &SaslHandshakeResponse::default(), v)),
+            19 => {
+                let r = CreateTopicsRequest::decode(&mut b, v).unwrap();
+                let resp = CreateTopicsResponse::default().with_topics(
+                    r.topics
+                        .iter()
+                        .map(|t| {
+                            create_topics_response::CreatableTopicResult::default()
+                                .with_name(t.name.clone())
+                        })
+                        .collect(),
+                );
+                out.extend(encode_response(corr, &resp, v));
+            }
+            37 => {
+                let r = CreatePartitionsRequest::decode(&mut b, v).unwrap();
+                let resp = CreatePartitionsResponse::default().with_results(
+                    r.topics
+                        .iter()
+                        .map(|t| {
+                            create_partitions_response::CreatePartitionsTopicResult::default()
+                                .with_name(t.name.clone())
+                        })
+                        .collect(),
+                );
+                out.extend(encode_response(corr, &resp, v));
+            }
+            21 => {
+                let r = DeleteRecordsRequest::decode(&mut b, v).unwrap();
+                let resp = DeleteRecordsResponse::default().with_topics(
+                    r.topics
+                        .iter()
+                        .map(|t| {
+                            delete_records_response::DeleteRecordsTopicResult::default()
+                                .with_name(t.name.clone())
+                        })
+                        .collect(),
+                );
+                out.extend(encode_response(corr, &resp, v));
+            }
+            33 => {
+                let r = AlterConfigsRequest::decode(&mut b, v).unwrap();
+                let resp = AlterConfigsResponse::default().with_responses(
+                    r.resources
+                        .iter()
+                        .map(|x| {
+                            alter_configs_response::AlterConfigsResourceResponse::default()
+                                .with_resource_type(x.resource_type)
+                                .with_resource_name(x.resource_name.clone())
+                        })
+                        .collect(),
+                );
+                out.extend(encode_response(corr, &resp, v));
+            }
+            44 => {
+                let r = IncrementalAlterConfigsRequest::decode(&mut b, v).unwrap();
+                let resp = IncrementalAlterConfigsResponse::default().with_responses(
+                    r.resources
+                        .iter()
+                        .map(|x| {
+                            incremental_alter_configs_response::AlterConfigsResourceResponse::default()
+                                .with_resource_type(x.resource_type)
+                                .with_resource_name(x.resource_name.clone())
+                        })
+                        .collect(),
+                );
+                out.extend(encode_response(corr, &resp, v));
+            }
             2 => {
                 let r = ListOffsetsRequest::decode(&mut b, v).unwrap();
                 let resp = ListOffsetsResponse::default().with_topics(
@@ -1043,5 +1110,178 @@ fn metadata_hides_or_fails_topics_the_client_may_not_describe() {
                 "v{v}"
             );
         }
+    }
+}
+
+const ADMIN: &str = r#"{"policy": {"defaultAction": "deny", "rules": [
+    {"name": "team-create", "action": "allow", "operations": ["create", "alter"], "topics": ["team.*"]}
+]}}"#;
+
+fn admin_errors(c: &Rc<Config>, key: i16, v: i16, reqs: &[u8]) -> Vec<(String, i16)> {
+    let mut obs = Obs::default();
+    let (_f, seen, back) = roundtrip(
+        c,
+        &Identity::default(),
+        &mut obs,
+        reqs,
+        reqs.chunks(1).collect(),
+        2,
+    );
+    assert_eq!(seen.len(), 1);
+    let f = frames(&back)[0];
+    let mut got: Vec<(String, i16)> = match key {
+        19 => decode_resp::<CreateTopicsResponse>(f, v)
+            .1
+            .topics
+            .iter()
+            .map(|t| (t.name.0.to_string(), t.error_code))
+            .collect(),
+        37 => decode_resp::<CreatePartitionsResponse>(f, v)
+            .1
+            .results
+            .iter()
+            .map(|t| (t.name.0.to_string(), t.error_code))
+            .collect(),
+        21 => decode_resp::<DeleteRecordsResponse>(f, v)
+            .1
+            .topics
+            .iter()
+            .map(|t| {
+                (
+                    t.name.0.to_string(),
+                    t.partitions.first().map_or(0, |p| p.error_code),
+                )
+            })
+            .collect(),
+        33 => decode_resp::<AlterConfigsResponse>(f, v)
+            .1
+            .responses
+            .iter()
+            .map(|t| (t.resource_name.to_string(), t.error_code))
+            .collect(),
+        _ => decode_resp::<IncrementalAlterConfigsResponse>(f, v)
+            .1
+            .responses
+            .iter()
+            .map(|t| (t.resource_name.to_string(), t.error_code))
+            .collect(),
+    };
+    got.sort();
+    got
+}
+
+#[test]
+fn create_and_alter_are_checked_per_topic() {
+    let c = cfg(ADMIN);
+    let want = vec![("other".to_string(), 29), ("team.a".to_string(), 0)];
+    for v in 2..=7 {
+        let req = CreateTopicsRequest::default().with_topics(vec![
+            create_topics_request::CreatableTopic::default()
+                .with_name(name("team.a"))
+                .with_num_partitions(1),
+            create_topics_request::CreatableTopic::default()
+                .with_name(name("other"))
+                .with_num_partitions(1),
+        ]);
+        assert_eq!(
+            admin_errors(&c, 19, v, &encode_request(&hdr(19, v, 1, "a"), &req, v)),
+            want,
+            "create v{v}"
+        );
+    }
+    for v in 0..=3 {
+        let req = CreatePartitionsRequest::default().with_topics(vec![
+            create_partitions_request::CreatePartitionsTopic::default()
+                .with_name(name("team.a"))
+                .with_count(3),
+            create_partitions_request::CreatePartitionsTopic::default()
+                .with_name(name("other"))
+                .with_count(3),
+        ]);
+        assert_eq!(
+            admin_errors(&c, 37, v, &encode_request(&hdr(37, v, 1, "a"), &req, v)),
+            want,
+            "partitions v{v}"
+        );
+    }
+    for v in 0..=2 {
+        let req = DeleteRecordsRequest::default().with_topics(vec![
+            delete_records_request::DeleteRecordsTopic::default().with_name(name("team.a")),
+            delete_records_request::DeleteRecordsTopic::default()
+                .with_name(name("other"))
+                .with_partitions(vec![
+                    delete_records_request::DeleteRecordsPartition::default(),
+                ]),
+        ]);
+        assert_eq!(
+            admin_errors(&c, 21, v, &encode_request(&hdr(21, v, 1, "a"), &req, v)),
+            want,
+            "records v{v}"
+        );
+    }
+    let res = |n: &'static str, ty: i8| (StrBytes::from_static_str(n), ty);
+    for v in 0..=2 {
+        let req = AlterConfigsRequest::default().with_resources(
+            [res("team.a", 2), res("other", 2), res("1", 4)]
+                .into_iter()
+                .map(|(n, t)| {
+                    alter_configs_request::AlterConfigsResource::default()
+                        .with_resource_name(n)
+                        .with_resource_type(t)
+                })
+                .collect(),
+        );
+        let mut w = want.clone();
+        w.insert(0, ("1".to_string(), 0)); // a broker resource: API rules only
+        assert_eq!(
+            admin_errors(&c, 33, v, &encode_request(&hdr(33, v, 1, "a"), &req, v)),
+            w,
+            "alter v{v}"
+        );
+    }
+    for v in 0..=1 {
+        let req = IncrementalAlterConfigsRequest::default().with_resources(
+            [res("team.a", 2), res("other", 2)]
+                .into_iter()
+                .map(|(n, t)| {
+                    incremental_alter_configs_request::AlterConfigsResource::default()
+                        .with_resource_name(n)
+                        .with_resource_type(t)
+                })
+                .collect(),
+        );
+        assert_eq!(
+            admin_errors(&c, 44, v, &encode_request(&hdr(44, v, 1, "a"), &req, v)),
+            want,
+            "incremental v{v}"
+        );
+    }
+}
+
+#[test]
+fn a_retried_denied_request_is_denied_again() {
+    let c = cfg(POLICY);
+    let one = encode_request(&hdr(0, 9, 1, "orders-a"), &produce_req(9, 1), 9);
+    let mut reqs = one.clone();
+    reqs.extend(encode_request(
+        &hdr(0, 9, 2, "orders-a"),
+        &produce_req(9, 1),
+        9,
+    ));
+    let mut obs = Obs::default();
+    let (_f, seen, back) = roundtrip(
+        &c,
+        &Identity::default(),
+        &mut obs,
+        &reqs,
+        reqs.chunks(5).collect(),
+        9,
+    );
+    assert_eq!(seen.len(), 2);
+    for (i, f) in frames(&back).iter().enumerate() {
+        let (corr, r): (i32, ProduceResponse) = decode_resp(f, 9);
+        assert_eq!(corr, i as i32 + 1);
+        assert!(r.responses.iter().any(|t| t.name.0.as_str() == "payments"
+            && t.partition_responses.iter().all(|p| p.error_code == 29)));
     }
 }

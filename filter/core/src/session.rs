@@ -903,6 +903,14 @@ impl Session {
                 api_denied || policy.may_deny_topics(&id, Operation::Describe),
                 1,
             ),
+            19 => (
+                api_denied || policy.may_deny_topics(&id, Operation::Create),
+                2,
+            ),
+            21 | 33 | 37 | 44 => (
+                api_denied || policy.may_deny_topics(&id, Operation::Alter),
+                0,
+            ),
             // OffsetCommit/OffsetFetch carry a group: always checked.
             8 => (true, 2),
             9 => (true, 1),

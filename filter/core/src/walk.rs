@@ -316,6 +316,56 @@ static OFFSET_FETCH_REQ: &[Field] = &[
     f(Skip, I8, 7), // require_stable
 ];
 
+// ---- Admin requests the policy checks per topic (create, alter) --------------------------
+static CREATE_TOPICS_ASSIGN: &[Field] = &[f(Skip, I32, 0), f(Skip, I32Array, 0)];
+static CREATE_TOPICS_CONFIG: &[Field] = &[f(Skip, Str, 0), f(Skip, Str, 0)];
+static CREATE_TOPICS_TOPIC: &[Field] = &[
+    f(Topic, Str, 0),
+    f(Skip, I32, 0), // num_partitions
+    f(Skip, I16, 0), // replication_factor
+    f(Skip, Array(CREATE_TOPICS_ASSIGN), 0),
+    f(Skip, Array(CREATE_TOPICS_CONFIG), 0),
+];
+static CREATE_TOPICS_REQ: &[Field] = &[
+    f(Topics, Array(CREATE_TOPICS_TOPIC), 0),
+    f(Skip, I32, 0), // timeout_ms
+    f(Skip, I8, 0),  // validate_only (v1+; the walk starts at v2)
+];
+static CREATE_PARTITIONS_ASSIGN: &[Field] = &[f(Skip, I32Array, 0)];
+static CREATE_PARTITIONS_TOPIC: &[Field] = &[
+    f(Topic, Str, 0),
+    f(Skip, I32, 0),
+    f(Skip, Array(CREATE_PARTITIONS_ASSIGN), 0),
+];
+static CREATE_PARTITIONS_REQ: &[Field] = &[
+    f(Topics, Array(CREATE_PARTITIONS_TOPIC), 0),
+    f(Skip, I32, 0),
+    f(Skip, I8, 0),
+];
+static DELETE_RECORDS_PART: &[Field] = &[f(Partition, I32, 0), f(Skip, I64, 0)];
+static DELETE_RECORDS_TOPIC: &[Field] = &[
+    f(Topic, Str, 0),
+    f(Partitions, Array(DELETE_RECORDS_PART), 0),
+];
+static DELETE_RECORDS_REQ: &[Field] = &[f(Topics, Array(DELETE_RECORDS_TOPIC), 0), f(Skip, I32, 0)];
+static ALTER_CONFIGS_ENTRY: &[Field] = &[f(Skip, Str, 0), f(Skip, Str, 0)];
+static ALTER_CONFIGS_RESOURCE: &[Field] = &[
+    f(Skip, I8, 0),
+    f(Topic, Str, 0),
+    f(Skip, Array(ALTER_CONFIGS_ENTRY), 0),
+];
+static ALTER_CONFIGS_REQ: &[Field] = &[f(Topics, Array(ALTER_CONFIGS_RESOURCE), 0), f(Skip, I8, 0)];
+static INC_ALTER_CONFIGS_ENTRY: &[Field] = &[f(Skip, Str, 0), f(Skip, I8, 0), f(Skip, Str, 0)];
+static INC_ALTER_CONFIGS_RESOURCE: &[Field] = &[
+    f(Skip, I8, 0),
+    f(Topic, Str, 0),
+    f(Skip, Array(INC_ALTER_CONFIGS_ENTRY), 0),
+];
+static INC_ALTER_CONFIGS_REQ: &[Field] = &[
+    f(Topics, Array(INC_ALTER_CONFIGS_RESOURCE), 0),
+    f(Skip, I8, 0),
+];
+
 // ---- Others with a simple error layout -----------------------------------------------------
 static FIND_COORDINATOR_ITEM: &[Field] = &[
     f(Skip, Str, 0), // key
@@ -368,6 +418,11 @@ pub static S_FETCH_REQ_FULL: Schema = schema(4, FETCH_REQ_FULL);
 pub static S_DELETE_TOPICS_REQ: Schema = schema(1, DELETE_TOPICS_REQ);
 pub static S_METADATA_RESP_FULL: Schema = schema(0, METADATA_RESP);
 pub static S_METADATA_REQ: Schema = schema(1, METADATA_REQ);
+pub static S_CREATE_TOPICS_REQ: Schema = schema(2, CREATE_TOPICS_REQ);
+pub static S_CREATE_PARTITIONS_REQ: Schema = schema(0, CREATE_PARTITIONS_REQ);
+pub static S_DELETE_RECORDS_REQ: Schema = schema(0, DELETE_RECORDS_REQ);
+pub static S_ALTER_CONFIGS_REQ: Schema = schema(0, ALTER_CONFIGS_REQ);
+pub static S_INC_ALTER_CONFIGS_REQ: Schema = schema(0, INC_ALTER_CONFIGS_REQ);
 pub static S_LIST_OFFSETS_REQ: Schema = schema(1, LIST_OFFSETS_REQ);
 pub static S_OFFSET_COMMIT_REQ_FULL: Schema = schema(2, OFFSET_COMMIT_REQ);
 pub static S_OFFSET_FETCH_REQ: Schema = schema(1, OFFSET_FETCH_REQ);
