@@ -80,7 +80,43 @@ def main():
         if logs:
             print("\nan access-log line (accessLog.sampleRate 0.1):")
             print("  " + logs[0].split("kafka-mesh-filter access ", 1)[1])
-        print("\nnot yet: policies (issue 4), address rewriting (issue 5)")
+    finally:
+        st.stop()
+    policy_demo(tmp)
+    print("\nnot yet: broker address rewriting (issue 5)")
+
+
+def policy_demo(tmp):
+    from confluent_kafka import KafkaError
+    from test_policy import POLICIES, produce_each
+    cfg = (POLICIES / "orders-producers.json").read_text()
+    st = Stack(tmp, workers=2, config=cfg, log_level="info")
+    try:
+        print(f"\n--- policy: {POLICIES / 'orders-producers.json'} ---")
+        create_topics(st.bootstrap, ["orders.eu", "payments"], partitions=1)
+        p, res = produce_each(st.bootstrap, "orders-app", {"orders.eu": 10, "payments": 10})
+        for topic, errs in res.items():
+            ok = sum(e is None for e in errs)
+            denied = sum(e is not None and e.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED for e in errs)
+            print(f"client orders-app produced 10 to {topic:10}: {ok} delivered, {denied} TOPIC_AUTHORIZATION_FAILED")
+        from confluent_kafka.admin import AdminClient
+        admin = AdminClient({"bootstrap.servers": st.bootstrap})
+        fut = admin.delete_topics(["orders.eu"])["orders.eu"]
+        try:
+            fut.result(20)
+            print("delete topic orders.eu: deleted (unexpected)")
+        except Exception as e:  # noqa: BLE001
+            print(f"delete topic orders.eu: refused with {e.args[0].name()}; "
+                  f"still listed: {'orders.eu' in admin.list_topics(timeout=10).topics}")
+        time.sleep(0.3)
+        print("policy decisions:")
+        for k, v in sorted(st.sidecar.stats().items()):
+            if k.startswith("kafka_mesh_policy_decisions_total"):
+                print(f"  {k:90} {v:>4.0f}")
+        lines = [line for line in st.sidecar.read_log().splitlines() if "kafka-mesh-filter policy" in line]
+        if lines:
+            print("a policy log line:\n  " + lines[0].split("] ", 1)[-1][:200])
+        del p
     finally:
         st.stop()
 

@@ -17,7 +17,8 @@ LAYOUTS = [
 
 
 def create_topics(bootstrap, names, partitions=3):
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    # client id admin-*: the example policies let platform admins create topics
+    admin = AdminClient({"bootstrap.servers": bootstrap, "client.id": "admin-setup"})
     for _, f in admin.create_topics([NewTopic(n, partitions, 1) for n in names]).items():
         f.result(30)
 
