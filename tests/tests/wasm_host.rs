@@ -547,3 +547,95 @@ fn per_topic_metrics_topic_ids_and_bounds_across_vms() {
     assert_eq!(j["client_id"], "it");
     assert_eq!(j["topics"][0], "09090909090909090909090909090909");
 }
+
+/// The policy through the built wasm under Envoy's buffer semantics: a Produce with a denied
+/// topic and a JoinGroup for a denied group, pipelined, fed in 1- and 7-byte callbacks; the
+/// identity comes from the `connection.uri_san_peer_certificate` property, as Envoy gives it.
+#[test]
+fn policy_rewrites_and_probes_through_the_wasm() {
+    use kafka_protocol::messages::{
+        produce_request, produce_response, JoinGroupRequest, JoinGroupResponse, ProduceResponse,
+        TopicName,
+    };
+    let cfg = r#"{"policy": {"defaultAction": "deny", "rules": [
+        {"name": "orders", "action": "allow", "principals": ["spiffe://cluster.local/ns/shop/sa/orders"],
+         "operations": ["produce"], "topics": ["orders.*"]}]}}"#;
+    for chunk in [1usize, 7, 4096] {
+        let process = Process::new();
+        let mut vm = vm_with(cfg, &process);
+        let props = HashMap::from([(
+            "connection.uri_san_peer_certificate".to_string(),
+            b"spiffe://cluster.local/ns/shop/sa/orders".to_vec(),
+        )]);
+        let id = vm.new_connection(props).unwrap();
+        let topic = |n: &'static str| {
+            produce_request::TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_static_str(n)))
+                .with_partition_data(vec![produce_request::PartitionProduceData::default()
+                    .with_index(0)
+                    .with_records(Some(bytes::Bytes::from(batch(2, 30))))])
+        };
+        let produce = ProduceRequest::default()
+            .with_acks(-1)
+            .with_topic_data(vec![topic("orders.eu"), topic("payments")]);
+        let mut reqs = req(0, 9, 1, &produce);
+        reqs.extend(req(
+            11,
+            5,
+            2,
+            &JoinGroupRequest::default().with_group_id(StrBytes::from_static_str("g").into()),
+        ));
+        let (fwd, _, closed) = feed(&mut vm, id, Dir::Downstream, &reqs, chunk);
+        assert!(!closed);
+        // what the broker got: the produce without payments, then an ApiVersions v0 probe
+        let n1 = i32::from_be_bytes(fwd[..4].try_into().unwrap()) as usize;
+        let mut b = bytes::Bytes::copy_from_slice(&fwd[4..4 + n1]);
+        let h = RequestHeader::decode(&mut b, 2).unwrap(); // Produce v9: header v2
+        assert_eq!((h.request_api_key, h.correlation_id), (0, 1));
+        let p = ProduceRequest::decode(&mut b, 9).unwrap();
+        assert_eq!(p.topic_data.len(), 1);
+        assert_eq!(p.topic_data[0].name.0.as_str(), "orders.eu");
+        let probe = &fwd[4 + n1..];
+        assert_eq!(&probe[4..8], &[0, 18, 0, 0], "ApiVersions v0");
+        assert_eq!(&probe[8..12], &2i32.to_be_bytes());
+        // the broker's answers, then what the client gets
+        let mut resps = resp(
+            1,
+            9,
+            &ProduceResponse::default().with_responses(vec![
+                produce_response::TopicProduceResponse::default()
+                    .with_name(TopicName(StrBytes::from_static_str("orders.eu")))
+                    .with_partition_responses(vec![
+                        produce_response::PartitionProduceResponse::default().with_base_offset(7),
+                    ]),
+            ]),
+        );
+        resps.extend(resp(2, 0, &ApiVersionsResponse::default()));
+        let (back, _, closed) = feed(&mut vm, id, Dir::Upstream, &resps, chunk);
+        assert!(!closed);
+        let n1 = i32::from_be_bytes(back[..4].try_into().unwrap()) as usize;
+        let mut b = bytes::Bytes::copy_from_slice(&back[4..4 + n1]);
+        ResponseHeader::decode(&mut b, 1).unwrap();
+        let pr = ProduceResponse::decode(&mut b, 9).unwrap();
+        let mut errs: Vec<(String, i16)> = pr
+            .responses
+            .iter()
+            .map(|t| (t.name.0.to_string(), t.partition_responses[0].error_code))
+            .collect();
+        errs.sort();
+        assert_eq!(errs, vec![("orders.eu".into(), 0), ("payments".into(), 29)]);
+        let mut b = bytes::Bytes::copy_from_slice(&back[4 + n1 + 4..]);
+        let h = ResponseHeader::decode(&mut b, 0).unwrap();
+        assert_eq!(h.correlation_id, 2);
+        let j = JoinGroupResponse::decode(&mut b, 5).unwrap();
+        assert_eq!(j.error_code, 30);
+        let st = process.stats.lock().unwrap();
+        assert_eq!(
+            st.counter_sum(
+                "kafka_mesh_policy_decisions_total",
+                &[("rule", "default"), ("decision", "deny")]
+            ),
+            2
+        );
+    }
+}
