@@ -286,5 +286,17 @@ mod tests {
         assert!(c.access_log.enabled && c.access_log.sample_rate == 1.0);
         assert!(c.metrics.on(Family::Api) && !c.metrics.on(Family::Produce));
         assert_eq!(c.metrics.max_topics, 5);
+        let e = Config::from_json(
+            br#"{"policy": {"rules": [{"name": "a", "action": "deny", "operations": ["fly"]}]}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.path, ".policy.rules[0].operations[0]", "{e}");
+        let e = Config::from_json(
+            br#"{"policy": {"rules": [{"name": "a", "action": "deny", "topics": ["a[b"]}]}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.path, ".policy.rules[0].topics[0]", "{e}");
+        let e = Config::from_json(br#"{"policy": {"mode": "dry"}}"#).unwrap_err();
+        assert_eq!(e.path, ".policy.mode", "{e}");
     }
 }

@@ -24,12 +24,13 @@
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{
-    alter_configs_response, create_partitions_response, create_topics_response,
-    delete_records_response, delete_topics_response, fetch_response,
-    incremental_alter_configs_response, list_offsets_response, metadata_response,
+    alter_configs_response, create_acls_response, create_partitions_response,
+    create_topics_response, delete_acls_response, delete_records_response, delete_topics_response,
+    fetch_response, incremental_alter_configs_response, list_offsets_response, metadata_response,
     offset_commit_response, offset_fetch_response, produce_response, AlterConfigsRequest,
-    CreatePartitionsRequest, CreateTopicsRequest, DeleteRecordsRequest, DeleteTopicsRequest,
-    FetchRequest, HeartbeatResponse, IncrementalAlterConfigsRequest, JoinGroupResponse,
+    CreateAclsResponse, CreatePartitionsRequest, CreateTopicsRequest, DeleteAclsResponse,
+    DeleteRecordsRequest, DeleteTopicsRequest, DescribeAclsResponse, FetchRequest,
+    HeartbeatResponse, IncrementalAlterConfigsRequest, InitProducerIdResponse, JoinGroupResponse,
     LeaveGroupResponse, ListOffsetsRequest, MetadataRequest, MetadataResponse, OffsetCommitRequest,
     OffsetFetchRequest, ProduceRequest, SyncGroupResponse,
 };
@@ -57,6 +58,10 @@ const LIST_OFFSETS: i16 = 2;
 const OFFSET_COMMIT: i16 = 8;
 const OFFSET_FETCH: i16 = 9;
 const CREATE_TOPICS: i16 = 19;
+const INIT_PRODUCER_ID: i16 = 22;
+const DESCRIBE_ACLS: i16 = 29;
+const CREATE_ACLS: i16 = 30;
+const DELETE_ACLS: i16 = 31;
 const DELETE_RECORDS: i16 = 21;
 const ALTER_CONFIGS: i16 = 33;
 const CREATE_PARTITIONS: i16 = 37;
@@ -253,6 +258,73 @@ pub fn enforce_request(
                 },
                 None => Enforced::Forward,
             }
+        }
+        INIT_PRODUCER_ID => {
+            let mut r = Reader::new(body);
+            let txn = r.nullable_string_v(flexible, "transactional_id")?;
+            let code = match (forced, txn) {
+                (Some(c), _) => Some(c),
+                (None, Some(t)) => {
+                    let t = String::from_utf8_lossy(t).into_owned();
+                    let ok = j.ok(
+                        Question::TransactionalId(&t),
+                        || format!("transactional id {t} (init_producer_id)"),
+                        TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+                    );
+                    (!ok).then_some(TRANSACTIONAL_ID_AUTHORIZATION_FAILED)
+                }
+                (None, None) => None,
+            };
+            match code {
+                Some(c) => Enforced::Probe {
+                    body: encode(
+                        &InitProducerIdResponse::default()
+                            .with_error_code(c)
+                            .with_producer_id((-1).into())
+                            .with_producer_epoch(-1),
+                        version,
+                    )?,
+                },
+                None => Enforced::Forward,
+            }
+        }
+        DESCRIBE_ACLS | CREATE_ACLS | DELETE_ACLS if forced.is_some() && version >= 1 => {
+            let msg = Some(StrBytes::from_static_str(DENIED));
+            let body = match api_key {
+                DESCRIBE_ACLS => encode(
+                    &DescribeAclsResponse::default()
+                        .with_error_code(CLUSTER_AUTHORIZATION_FAILED)
+                        .with_error_message(msg),
+                    version,
+                )?,
+                _ => {
+                    // One result per creation / filter, as the client matches them by position.
+                    let mut n = 0usize;
+                    walk::walk_all(&walk::S_ACLS_REQ, version, flexible, body, &mut |ev| {
+                        if ev == Event::Begin(F::Topics) {
+                            n += 1;
+                        }
+                    })?;
+                    if api_key == CREATE_ACLS {
+                        let one = create_acls_response::AclCreationResult::default()
+                            .with_error_code(CLUSTER_AUTHORIZATION_FAILED)
+                            .with_error_message(msg);
+                        encode(
+                            &CreateAclsResponse::default().with_results(vec![one; n]),
+                            version,
+                        )?
+                    } else {
+                        let one = delete_acls_response::DeleteAclsFilterResult::default()
+                            .with_error_code(CLUSTER_AUTHORIZATION_FAILED)
+                            .with_error_message(msg);
+                        encode(
+                            &DeleteAclsResponse::default().with_filter_results(vec![one; n]),
+                            version,
+                        )?
+                    }
+                }
+            };
+            Enforced::Probe { body }
         }
         _ => match forced {
             Some(_) => Enforced::Close {

@@ -503,7 +503,7 @@ fn produce_from_an_unlisted_client_is_denied_by_default_and_acks0_just_drops() {
 #[test]
 fn fetch_by_topic_id_denies_unknown_and_denied_ids_and_keeps_the_rest() {
     let c = cfg(POLICY);
-    for v in [4i16, 12, 13, 16, 17, 18] {
+    for v in 4..=18 {
         let topic = |n: &'static str, id: u8| {
             let t = fetch_request::FetchTopic::default().with_partitions(vec![
                 fetch_request::FetchPartition::default()
@@ -1283,5 +1283,106 @@ fn a_retried_denied_request_is_denied_again() {
         assert_eq!(corr, i as i32 + 1);
         assert!(r.responses.iter().any(|t| t.name.0.as_str() == "payments"
             && t.partition_responses.iter().all(|p| p.error_code == 29)));
+    }
+}
+
+#[test]
+fn acl_admin_apis_and_init_producer_id_answer_with_authorization_errors() {
+    let c = cfg(r#"{"policy": {"rules": [
+        {"name": "no-acls", "action": "deny", "apiKeys": ["CreateAcls", "DeleteAcls", "DescribeAcls"]},
+        {"name": "tx", "action": "allow", "transactionalIds": ["tx-*"]},
+        {"name": "no-other-tx", "action": "deny", "transactionalIds": ["*"]}]}}"#);
+    for v in 1..=3 {
+        let creation = create_acls_request::AclCreation::default()
+            .with_resource_name(StrBytes::from_static_str("t"))
+            .with_principal(StrBytes::from_static_str("User:x"))
+            .with_host(StrBytes::from_static_str("*"));
+        let reqs = encode_request(
+            &hdr(30, v, 11, "a"),
+            &CreateAclsRequest::default().with_creations(vec![
+                creation.clone(),
+                creation.clone(),
+                creation,
+            ]),
+            v,
+        );
+        let mut obs = Obs::default();
+        let (_f, seen, back) = roundtrip(
+            &c,
+            &Identity::default(),
+            &mut obs,
+            &reqs,
+            reqs.chunks(1).collect(),
+            1,
+        );
+        assert_eq!(seen[0].0, 18);
+        let (corr, r): (i32, CreateAclsResponse) = decode_resp(frames(&back)[0], v);
+        assert_eq!(corr, 11);
+        assert_eq!(
+            r.results.iter().map(|x| x.error_code).collect::<Vec<_>>(),
+            vec![31, 31, 31],
+            "v{v}"
+        );
+        let reqs = encode_request(
+            &hdr(31, v, 12, "a"),
+            &DeleteAclsRequest::default()
+                .with_filters(vec![delete_acls_request::DeleteAclsFilter::default()]),
+            v,
+        );
+        let (_f, _seen, back) = roundtrip(
+            &c,
+            &Identity::default(),
+            &mut obs,
+            &reqs,
+            vec![&reqs[..]],
+            3,
+        );
+        let (_, r): (i32, DeleteAclsResponse) = decode_resp(frames(&back)[0], v);
+        assert_eq!(r.filter_results.len(), 1);
+        assert_eq!(r.filter_results[0].error_code, 31);
+        let reqs = encode_request(&hdr(29, v, 13, "a"), &DescribeAclsRequest::default(), v);
+        let (_f, _seen, back) = roundtrip(
+            &c,
+            &Identity::default(),
+            &mut obs,
+            &reqs,
+            vec![&reqs[..]],
+            3,
+        );
+        let (_, r): (i32, DescribeAclsResponse) = decode_resp(frames(&back)[0], v);
+        assert_eq!(r.error_code, 31);
+    }
+    for v in 0..=5 {
+        for (txn, want) in [("tx-1", None), ("rogue", Some(53))] {
+            let reqs = encode_request(
+                &hdr(22, v, 14, "p"),
+                &InitProducerIdRequest::default()
+                    .with_transactional_id(Some(StrBytes::from_static_str(txn).into())),
+                v,
+            );
+            let mut obs = Obs::default();
+            let mut s = Session::new(c.clone());
+            let p = pump(&mut s, Direction::Request, reqs.chunks(2), false, &mut obs);
+            match want {
+                None => assert_eq!(p.out, reqs, "v{v}"),
+                Some(code) => {
+                    assert_eq!(
+                        i16::from_be_bytes([p.out[4], p.out[5]]),
+                        18,
+                        "v{v}: a probe"
+                    );
+                    let probe_answer = encode_response(14, &ApiVersionsResponse::default(), 0);
+                    let q = pump(
+                        &mut s,
+                        Direction::Response,
+                        [&probe_answer[..]],
+                        false,
+                        &mut obs,
+                    );
+                    let (_, r): (i32, InitProducerIdResponse) = decode_resp(frames(&q.out)[0], v);
+                    assert_eq!(r.error_code, code, "v{v}");
+                }
+            }
+        }
     }
 }

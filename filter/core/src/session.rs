@@ -911,6 +911,10 @@ impl Session {
                 api_denied || policy.may_deny_topics(&id, Operation::Alter),
                 0,
             ),
+            22 => (
+                api_denied || policy.rules.iter().any(|r| r.has_transactional_ids()),
+                0,
+            ),
             // OffsetCommit/OffsetFetch carry a group: always checked.
             8 => (true, 2),
             9 => (true, 1),

@@ -366,6 +366,18 @@ static INC_ALTER_CONFIGS_REQ: &[Field] = &[
     f(Skip, I8, 0),
 ];
 
+static ACL_ENTRY: &[Field] = &[
+    f(Skip, I8, 0),
+    f(Skip, Str, 0),
+    f(Skip, I8, 1),
+    f(Skip, Str, 0),
+    f(Skip, Str, 0),
+    f(Skip, I8, 0),
+    f(Skip, I8, 0),
+];
+/// CreateAcls `creations` and DeleteAcls `filters` have the same layout (v1+).
+static ACLS_REQ: &[Field] = &[f(Topics, Array(ACL_ENTRY), 0)];
+
 // ---- Others with a simple error layout -----------------------------------------------------
 static FIND_COORDINATOR_ITEM: &[Field] = &[
     f(Skip, Str, 0), // key
@@ -418,6 +430,7 @@ pub static S_FETCH_REQ_FULL: Schema = schema(4, FETCH_REQ_FULL);
 pub static S_DELETE_TOPICS_REQ: Schema = schema(1, DELETE_TOPICS_REQ);
 pub static S_METADATA_RESP_FULL: Schema = schema(0, METADATA_RESP);
 pub static S_METADATA_REQ: Schema = schema(1, METADATA_REQ);
+pub static S_ACLS_REQ: Schema = schema(1, ACLS_REQ);
 pub static S_CREATE_TOPICS_REQ: Schema = schema(2, CREATE_TOPICS_REQ);
 pub static S_CREATE_PARTITIONS_REQ: Schema = schema(0, CREATE_PARTITIONS_REQ);
 pub static S_DELETE_RECORDS_REQ: Schema = schema(0, DELETE_RECORDS_REQ);
