@@ -31,7 +31,7 @@ pub struct Clamp {
 /// which is always v0 for this API). Nothing is allocated per wire element beyond the clamps
 /// themselves, whose number is bounded by the entries actually present.
 pub fn plan_clamps(version: i16, body: &[u8]) -> DecodeResult<Vec<Clamp>> {
-    plan_clamps_with(version, body, false)
+    plan_clamps_with(version, body, &|info| info.max_version)
 }
 
 /// The highest version of `api_key` the filter lets clients use: the parse table's, lowered
@@ -45,8 +45,13 @@ pub fn effective_max(info: &api::ApiInfo, policy: bool) -> i16 {
     }
 }
 
-/// [`plan_clamps`], with the policy's lower limits when `policy` is on.
-pub fn plan_clamps_with(version: i16, body: &[u8], policy: bool) -> DecodeResult<Vec<Clamp>> {
+/// [`plan_clamps`] with the highest version per API given by `max` (the parse table lowered
+/// by the policy's and the address rewriter's limits).
+pub fn plan_clamps_with(
+    version: i16,
+    body: &[u8],
+    max: &dyn Fn(&api::ApiInfo) -> i16,
+) -> DecodeResult<Vec<Clamp>> {
     let mut r = Reader::new(body);
     let error_code = r.i16("api_versions.error_code")?;
     let version = if error_code == UNSUPPORTED_VERSION {
@@ -70,7 +75,7 @@ pub fn plan_clamps_with(version: i16, body: &[u8], policy: bool) -> DecodeResult
         if let Some(info) = api::api_info(api_key) {
             // If even the broker's minimum is beyond what we parse there is no common
             // version; leave the entry alone (the request will be counted as unknown).
-            let max = effective_max(info, policy);
+            let max = max(info);
             if broker_max > max && min_version <= max {
                 clamps.push(Clamp {
                     api_key,

@@ -46,6 +46,10 @@ pub struct Config {
     /// The validated policy, compiled at configure time.
     #[serde(skip)]
     pub compiled_policy: Option<crate::policy::Policy>,
+    /// Broker address rewriting (see [`crate::rewrite`]). Absent: addresses pass unchanged.
+    pub rewrite: Option<crate::rewrite::RewriteSpec>,
+    #[serde(skip)]
+    pub compiled_rewrite: Option<crate::rewrite::Rewriter>,
 }
 
 /// Metric families. Each one is a set of Prometheus series; see the README's reference.
@@ -143,6 +147,8 @@ impl Default for Config {
             access_log: AccessLogConfig::default(),
             policy: None,
             compiled_policy: None,
+            rewrite: None,
+            compiled_rewrite: None,
         }
     }
 }
@@ -191,6 +197,9 @@ impl Config {
         cfg.validate()?;
         if let Some(spec) = &cfg.policy {
             cfg.compiled_policy = Some(crate::policy::Policy::compile(spec, ".policy")?);
+        }
+        if let Some(spec) = &cfg.rewrite {
+            cfg.compiled_rewrite = Some(crate::rewrite::Rewriter::compile(spec, ".rewrite")?);
         }
         Ok(cfg)
     }

@@ -15,11 +15,14 @@ pub mod header;
 pub mod labels;
 pub mod policy;
 pub mod reader;
+pub mod rewrite;
 pub mod session;
 pub mod walk;
 
 #[cfg(test)]
 mod policy_tests;
+#[cfg(test)]
+mod rewrite_tests;
 #[cfg(test)]
 mod session_tests;
 #[cfg(test)]

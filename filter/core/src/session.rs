@@ -301,6 +301,8 @@ enum HoldAction {
     Enforce,
     /// A probe's answer, to be replaced by the synthesized response.
     ReplaceResponse,
+    /// A response carrying broker addresses to rewrite.
+    RewriteAddresses,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -415,6 +417,8 @@ pub struct Session {
     /// SASL mechanism from SaslHandshake, and a PLAIN username awaiting the broker's verdict.
     sasl_mechanism: Option<String>,
     sasl_pending: Option<(i32, String)>,
+    /// The response at the head whose addresses were already rewritten.
+    rewrite_done: Option<i32>,
     closed: bool,
 }
 
@@ -436,6 +440,7 @@ impl Session {
             pending_splice: None,
             sasl_mechanism: None,
             sasl_pending: None,
+            rewrite_done: None,
             closed: false,
         }
         .with_walks(walks)
@@ -1035,6 +1040,24 @@ impl Session {
                 }
             }
         }
+        if let (Some(front), Some(rw)) = (self.inflight.front(), self.cfg.compiled_rewrite.as_ref())
+        {
+            if front.correlation_id == correlation_id
+                && self.rewrite_done != Some(correlation_id)
+                && rw.applies(front.api_key, front.api_version)
+            {
+                if total > self.cfg.max_buffered_frame_bytes as usize {
+                    return HeadOutcome::Malformed(Malformed::PolicyClose {
+                        reason: format!(
+                            "{} response of {total} bytes exceeds maxBufferedFrameBytes: its broker addresses cannot be rewritten",
+                            api::api_name(front.api_key)
+                        ),
+                    });
+                }
+                return HeadOutcome::Hold(HoldAction::RewriteAddresses);
+            }
+        }
+        self.rewrite_done = None;
         let Some(req) = self.inflight.pop_front() else {
             return HeadOutcome::Malformed(Malformed::UnexpectedResponse { correlation_id });
         };
@@ -1249,16 +1272,34 @@ impl Session {
                     .replace_frame(buf, start, total, new)
                     .map(|n| (n, true));
             }
+            HoldAction::RewriteAddresses => {
+                let new = self.rewrite_addresses(&frame)?;
+                return self
+                    .replace_frame(buf, start, total, new)
+                    .map(|n| (n, true));
+            }
         };
         // ApiVersions responses always use response header v0: the body starts after the
         // size and the correlation id.
         let body = frame.get_mut(8..).unwrap_or(&mut []);
-        let clamps =
-            apiversions::plan_clamps_with(version, body, self.cfg.compiled_policy.is_some())
-                .map_err(|error| Malformed::Decode {
-                    api_key: Some(API_VERSIONS),
-                    error,
-                })?;
+        let cfg = self.cfg.clone();
+        let max = |info: &api::ApiInfo| {
+            let m = apiversions::effective_max(info, cfg.compiled_policy.is_some());
+            match cfg
+                .compiled_rewrite
+                .as_ref()
+                .and_then(|r| r.version_cap(info.key))
+            {
+                Some(cap) => m.min(cap),
+                None => m,
+            }
+        };
+        let clamps = apiversions::plan_clamps_with(version, body, &max).map_err(|error| {
+            Malformed::Decode {
+                api_key: Some(API_VERSIONS),
+                error,
+            }
+        })?;
         if clamps.is_empty() {
             return Ok((total, false)); // nothing to change: leave the host buffer untouched
         }
@@ -1378,6 +1419,39 @@ impl Session {
                 Ok(Some(f))
             }
         }
+    }
+
+    /// A response with broker addresses has arrived whole: rewrite them (or leave the frame
+    /// byte-identical when no rule applies).
+    fn rewrite_addresses(&mut self, frame: &[u8]) -> Result<Option<Vec<u8>>, Malformed> {
+        let cfg = self.cfg.clone();
+        let (Some(rw), Some(front)) = (cfg.compiled_rewrite.as_ref(), self.inflight.front()) else {
+            return Ok(None);
+        };
+        let (api_key, version) = (front.api_key, front.api_version);
+        self.rewrite_done = Some(front.correlation_id);
+        let header_v1 =
+            api::api_info(api_key).is_some_and(|a| a.response_header_version(version) >= 1);
+        let mut r = Reader::new(frame.get(8..).unwrap_or(&[]));
+        let err = |error| Malformed::Decode {
+            api_key: Some(api_key),
+            error,
+        };
+        if header_v1 {
+            r.skip_tagged_fields("response_header.tagged_fields")
+                .map_err(err)?;
+        }
+        let head_len = 8 + r.position();
+        let Some(body) =
+            crate::rewrite::rewrite_response(rw, api_key, version, r.rest()).map_err(err)?
+        else {
+            return Ok(None);
+        };
+        let mut f = Vec::with_capacity(head_len + body.len());
+        f.extend_from_slice(frame.get(..head_len).unwrap_or(&[]));
+        f.extend_from_slice(&body);
+        set_size(&mut f);
+        Ok(Some(f))
     }
 
     /// The probe's answer has arrived whole: the client gets the synthesized response of the

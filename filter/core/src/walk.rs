@@ -378,6 +378,34 @@ static ACL_ENTRY: &[Field] = &[
 /// CreateAcls `creations` and DeleteAcls `filters` have the same layout (v1+).
 static ACLS_REQ: &[Field] = &[f(Topics, Array(ACL_ENTRY), 0)];
 
+// ---- Address-carrying responses (for rewriting them whole) ---------------------------------
+static FIND_COORDINATOR_RESP_FULL: &[Field] = &[
+    f(Skip, I32, 1),             // throttle_time_ms
+    fr(TopErrorCode, I16, 0, 3), // error_code
+    fr(Skip, Str, 1, 3),         // error_message
+    fr(Skip, I32, 0, 3),         // node_id
+    fr(Skip, Str, 0, 3),         // host
+    fr(Skip, I32, 0, 3),         // port
+    f(Skip, Array(FIND_COORDINATOR_ITEM), 4),
+];
+static DESCRIBE_CLUSTER_BROKER: &[Field] = &[
+    f(Skip, I32, 0),
+    f(Skip, Str, 0),
+    f(Skip, I32, 0),
+    f(Skip, Str, 0),
+    f(Skip, I8, 2), // is_fenced
+];
+static DESCRIBE_CLUSTER_RESP: &[Field] = &[
+    f(Skip, I32, 0),
+    f(TopErrorCode, I16, 0),
+    f(Skip, Str, 0),
+    f(Skip, I8, 1), // endpoint_type
+    f(Skip, Str, 0),
+    f(Skip, I32, 0),
+    f(Skip, Array(DESCRIBE_CLUSTER_BROKER), 0),
+    f(Skip, I32, 0),
+];
+
 // ---- Others with a simple error layout -----------------------------------------------------
 static FIND_COORDINATOR_ITEM: &[Field] = &[
     f(Skip, Str, 0), // key
@@ -430,6 +458,10 @@ pub static S_FETCH_REQ_FULL: Schema = schema(4, FETCH_REQ_FULL);
 pub static S_DELETE_TOPICS_REQ: Schema = schema(1, DELETE_TOPICS_REQ);
 pub static S_METADATA_RESP_FULL: Schema = schema(0, METADATA_RESP);
 pub static S_METADATA_REQ: Schema = schema(1, METADATA_REQ);
+pub static S_FIND_COORDINATOR_RESP_FULL: Schema = schema(0, FIND_COORDINATOR_RESP_FULL);
+pub static S_DESCRIBE_CLUSTER_RESP: Schema = schema(0, DESCRIBE_CLUSTER_RESP);
+pub static S_PRODUCE_RESP_FULL: Schema = schema(3, PRODUCE_RESP);
+pub static S_FETCH_RESP_FULL: Schema = schema(4, FETCH_RESP);
 pub static S_ACLS_REQ: Schema = schema(1, ACLS_REQ);
 pub static S_CREATE_TOPICS_REQ: Schema = schema(2, CREATE_TOPICS_REQ);
 pub static S_CREATE_PARTITIONS_REQ: Schema = schema(0, CREATE_PARTITIONS_REQ);
@@ -678,13 +710,11 @@ impl Walker {
             self.mode = Mode::Records { left: 0 };
             return Ok(Step::Skip(left));
         }
-        let want = (left.min(BATCH_HEADER as u64)) as usize;
-        let hdr = r.take(want, "record_batch.header")?;
-        let mut h = Reader::new(hdr);
-        let _base_offset = h.i64("record_batch.base_offset")?;
-        let batch_len = h.i32("record_batch.batch_length")?;
-        let _epoch = h.i32("record_batch.partition_leader_epoch")?;
-        let magic = h.i8("record_batch.magic")?;
+        // Peek baseOffset and batchLength first: a batch shorter than a v2 header (a legacy
+        // message or garbage) must not have more than its own bytes consumed.
+        let mut peek = Reader::new(r.rest());
+        let _base_offset = peek.i64("record_batch.base_offset")?;
+        let batch_len = peek.i32("record_batch.batch_length")?;
         let batch_len = u64::try_from(batch_len).map_err(|_| DecodeError::Invalid {
             field: "record_batch.batch_length",
             reason: "negative batch length",
@@ -692,6 +722,9 @@ impl Walker {
         let total = batch_len.saturating_add(BATCH_LOG_OVERHEAD);
         let complete = total <= left;
         let bytes = total.min(left);
+        let want = bytes.min(BATCH_HEADER as u64) as usize;
+        let hdr = r.take(want, "record_batch.header")?;
+        let magic = hdr.get(MAGIC_OFFSET).map_or(-1, |m| *m as i8);
         let (records, attributes) = if magic == 2 && complete && hdr.len() == BATCH_HEADER {
             let mut a = Reader::new(hdr.get(ATTRIBUTES_OFFSET..).unwrap_or(&[]));
             let attributes = a.i16("record_batch.attributes")?;

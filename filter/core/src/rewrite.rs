@@ -1,0 +1,399 @@
+//! Broker address rewriting: every place a broker advertises a host and port, rewritten so
+//! clients only ever connect to addresses that route through the mesh.
+//!
+//! Rules, most specific first: an explicit node-id map, a node-id template, an exact map of
+//! advertised hosts (or host:port), then host regexes with capture groups. A target is a
+//! template `HOST:PORT` in which `{nodeId}`, `{port}` (the advertised port),
+//! `{BASE+nodeId}` (a port offset, e.g. `{9092+nodeId}`) and, for regex rules, `$1`..`$9`
+//! are substituted. An address no rule matches is left alone, and a response in which nothing
+//! changes is relayed byte-identical (it is never re-encoded).
+//!
+//! Where addresses travel (Kafka's message specs, `clients/src/main/resources/common/message`):
+//! Metadata `Brokers`, FindCoordinator v0-3 (`NodeId`/`Host`/`Port`) and v4+ `Coordinators`,
+//! DescribeCluster `Brokers`, and the KIP-951 `NodeEndpoints` tagged field of Produce v10+ and
+//! Fetch v16+ responses. Kroxylicious rewrites the same set; Envoy's C++ filter misses the last.
+
+use std::collections::{BTreeMap, HashMap};
+
+use bytes::Bytes;
+use kafka_protocol::messages::{
+    DescribeClusterResponse, FetchResponse, FindCoordinatorResponse, MetadataResponse,
+    ProduceResponse,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use serde::Deserialize;
+
+use crate::api;
+use crate::config::ConfigError;
+use crate::reader::{DecodeError, DecodeResult};
+use crate::walk;
+
+/// How Produce v10+ / Fetch v16+ `NodeEndpoints` are handled. In Fetch responses they come
+/// after all record data, and a rewrite changes the frame length at the front of a frame that
+/// is already on its way; so either those versions are not offered, or such responses are held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum NodeEndpointsMode {
+    /// Cap Produce at v9 and Fetch at v15 in ApiVersions responses: no NodeEndpoints ever
+    /// reach the client, nothing is buffered. Clients lose KIP-951's faster leader discovery.
+    #[default]
+    CapVersions,
+    /// Keep the versions; hold Produce v10+ and Fetch v16+ responses whole to rewrite them. A
+    /// response larger than `maxBufferedFrameBytes` closes the connection.
+    Rewrite,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HostPatternSpec {
+    /// A regex searched in the advertised host.
+    pub r#match: String,
+    /// `HOST:PORT` template; `$1`..`$9` are the regex's capture groups.
+    pub target: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct RewriteSpec {
+    /// Node id to `HOST:PORT` template.
+    pub nodes: BTreeMap<String, String>,
+    /// Template for every node id, e.g. `kafka-{nodeId}.kafka.svc.cluster.local:9092` or
+    /// `gw.example.com:{9092+nodeId}`.
+    pub node_template: Option<String>,
+    /// Advertised `host` or `host:port` to `HOST:PORT` template.
+    pub hosts: BTreeMap<String, String>,
+    pub host_patterns: Vec<HostPatternSpec>,
+    pub node_endpoints: NodeEndpointsMode,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Lit(String),
+    NodeId,
+    Port,
+    Group(usize),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PortExpr {
+    Fixed(i32),
+    Advertised,
+    Offset(i32),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Target {
+    host: Vec<Part>,
+    port: PortExpr,
+}
+
+fn parse_target(s: &str, groups: bool) -> Result<Target, String> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| "expected HOST:PORT".to_string())?;
+    if host.is_empty() {
+        return Err("empty host".into());
+    }
+    let port = match port {
+        "{port}" => PortExpr::Advertised,
+        p if p.starts_with('{') && p.ends_with("+nodeId}") => {
+            let base = p
+                .trim_start_matches('{')
+                .trim_end_matches("+nodeId}")
+                .parse::<i32>()
+                .map_err(|_| format!("bad port offset {p:?} (use {{9092+nodeId}})"))?;
+            PortExpr::Offset(base)
+        }
+        p => {
+            let n = p
+                .parse::<i32>()
+                .map_err(|_| format!("bad port {p:?} (a number, {{port}} or {{BASE+nodeId}})"))?;
+            if !(1..=65535).contains(&n) {
+                return Err(format!("port {n} out of range"));
+            }
+            PortExpr::Fixed(n)
+        }
+    };
+    let mut parts = Vec::new();
+    let mut rest = host;
+    while !rest.is_empty() {
+        if let Some(r) = rest.strip_prefix("{nodeId}") {
+            parts.push(Part::NodeId);
+            rest = r;
+        } else if let Some(r) = rest.strip_prefix("{port}") {
+            parts.push(Part::Port);
+            rest = r;
+        } else if groups && rest.starts_with('$') && rest.len() >= 2 {
+            let d = rest.as_bytes().get(1).copied().unwrap_or(b'x');
+            if d.is_ascii_digit() {
+                parts.push(Part::Group(usize::from(d - b'0')));
+                rest = rest.get(2..).unwrap_or("");
+            } else {
+                parts.push(Part::Lit("$".into()));
+                rest = rest.get(1..).unwrap_or("");
+            }
+        } else {
+            let next = rest
+                .char_indices()
+                .skip(1)
+                .find(|(_, c)| *c == '{' || (groups && *c == '$'))
+                .map_or(rest.len(), |(i, _)| i);
+            let (lit, r) = rest.split_at(next);
+            if lit.contains(['{', '}']) {
+                return Err(format!("unknown placeholder in {lit:?}"));
+            }
+            parts.push(Part::Lit(lit.to_string()));
+            rest = r;
+        }
+    }
+    Ok(Target { host: parts, port })
+}
+
+impl Target {
+    fn render(
+        &self,
+        node_id: i32,
+        port: i32,
+        caps: Option<&regex_lite::Captures<'_>>,
+    ) -> (String, i32) {
+        let mut h = String::new();
+        for p in &self.host {
+            match p {
+                Part::Lit(s) => h.push_str(s),
+                Part::NodeId => h.push_str(&node_id.to_string()),
+                Part::Port => h.push_str(&port.to_string()),
+                Part::Group(g) => {
+                    if let Some(m) = caps.and_then(|c| c.get(*g)) {
+                        h.push_str(m.as_str());
+                    }
+                }
+            }
+        }
+        let p = match self.port {
+            PortExpr::Fixed(n) => n,
+            PortExpr::Advertised => port,
+            PortExpr::Offset(b) => b.saturating_add(node_id),
+        };
+        (h, p)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Rewriter {
+    nodes: HashMap<i32, Target>,
+    template: Option<Target>,
+    hosts: HashMap<String, Target>,
+    patterns: Vec<(regex_lite::Regex, Target)>,
+    pub node_endpoints: NodeEndpointsMode,
+}
+
+impl PartialEq for Rewriter {
+    fn eq(&self, o: &Self) -> bool {
+        self.nodes == o.nodes
+            && self.template == o.template
+            && self.hosts == o.hosts
+            && self.node_endpoints == o.node_endpoints
+            && self.patterns.len() == o.patterns.len()
+            && self
+                .patterns
+                .iter()
+                .zip(&o.patterns)
+                .all(|(a, b)| a.0.as_str() == b.0.as_str() && a.1 == b.1)
+    }
+}
+impl Eq for Rewriter {}
+
+impl Rewriter {
+    pub fn compile(spec: &RewriteSpec, path: &str) -> Result<Rewriter, ConfigError> {
+        let err = |p: String, reason: String| ConfigError { path: p, reason };
+        let mut nodes = HashMap::new();
+        for (k, v) in &spec.nodes {
+            let id: i32 = k.parse().map_err(|_| {
+                err(
+                    format!("{path}.nodes.{k}"),
+                    "node id must be an integer".into(),
+                )
+            })?;
+            let t = parse_target(v, false).map_err(|r| err(format!("{path}.nodes.{k}"), r))?;
+            nodes.insert(id, t);
+        }
+        let template = match &spec.node_template {
+            Some(t) => {
+                Some(parse_target(t, false).map_err(|r| err(format!("{path}.nodeTemplate"), r))?)
+            }
+            None => None,
+        };
+        let mut hosts = HashMap::new();
+        for (k, v) in &spec.hosts {
+            let t = parse_target(v, false).map_err(|r| err(format!("{path}.hosts.{k}"), r))?;
+            hosts.insert(k.clone(), t);
+        }
+        let mut patterns = Vec::new();
+        for (i, p) in spec.host_patterns.iter().enumerate() {
+            let re = regex_lite::Regex::new(&p.r#match).map_err(|e| {
+                err(
+                    format!("{path}.hostPatterns[{i}].match"),
+                    format!("bad regex: {e}"),
+                )
+            })?;
+            let t = parse_target(&p.target, true)
+                .map_err(|r| err(format!("{path}.hostPatterns[{i}].target"), r))?;
+            for part in &t.host {
+                if let Part::Group(g) = part {
+                    if *g >= re.captures_len() {
+                        return Err(err(
+                            format!("{path}.hostPatterns[{i}].target"),
+                            format!("${g} but the regex has {} groups", re.captures_len() - 1),
+                        ));
+                    }
+                }
+            }
+            patterns.push((re, t));
+        }
+        Ok(Rewriter {
+            nodes,
+            template,
+            hosts,
+            patterns,
+            node_endpoints: spec.node_endpoints,
+        })
+    }
+
+    /// The address a client should see for broker `node_id` advertised at `host:port`, or
+    /// `None` to leave it as it is.
+    pub fn map(&self, node_id: i32, host: &str, port: i32) -> Option<(String, i32)> {
+        let out = if let Some(t) = self.nodes.get(&node_id) {
+            t.render(node_id, port, None)
+        } else if let Some(t) = &self.template {
+            t.render(node_id, port, None)
+        } else if let Some(t) = self
+            .hosts
+            .get(&format!("{host}:{port}"))
+            .or_else(|| self.hosts.get(host))
+        {
+            t.render(node_id, port, None)
+        } else {
+            let (re, t) = self.patterns.iter().find(|(re, _)| re.is_match(host))?;
+            let caps = re.captures(host);
+            t.render(node_id, port, caps.as_ref())
+        };
+        (out.0 != host || out.1 != port).then_some(out)
+    }
+
+    /// Highest versions offered while rewriting in [`NodeEndpointsMode::CapVersions`].
+    pub fn version_cap(&self, api_key: i16) -> Option<i16> {
+        match (self.node_endpoints, api_key) {
+            (NodeEndpointsMode::CapVersions, api::PRODUCE) => Some(9),
+            (NodeEndpointsMode::CapVersions, api::FETCH) => Some(15),
+            _ => None,
+        }
+    }
+
+    /// Whether responses of (api, version) carry broker addresses to rewrite.
+    pub fn applies(&self, api_key: i16, version: i16) -> bool {
+        match api_key {
+            api::METADATA | FIND_COORDINATOR | DESCRIBE_CLUSTER => true,
+            // In CapVersions mode these versions are never offered; a client that uses them
+            // without negotiating gets its NodeEndpoints unmodified (documented).
+            api::PRODUCE => version >= 10 && self.node_endpoints == NodeEndpointsMode::Rewrite,
+            api::FETCH => version >= 16 && self.node_endpoints == NodeEndpointsMode::Rewrite,
+            _ => false,
+        }
+    }
+}
+
+pub const FIND_COORDINATOR: i16 = 10;
+pub const DESCRIBE_CLUSTER: i16 = 60;
+
+fn kp(_e: impl std::fmt::Debug) -> DecodeError {
+    DecodeError::Invalid {
+        field: "message",
+        reason: "rejected by the kafka-protocol decoder",
+    }
+}
+
+fn enc<T: Encodable>(v: &T, version: i16) -> DecodeResult<Vec<u8>> {
+    let mut b = bytes::BytesMut::new();
+    v.encode(&mut b, version)
+        .map_err(|_| DecodeError::Invalid {
+            field: "message",
+            reason: "cannot encode the rewritten message",
+        })?;
+    Ok(b.to_vec())
+}
+
+/// Rewrite the addresses in a complete response body (after the response header). `Ok(None)`
+/// when nothing changes: the caller relays the original bytes.
+pub fn rewrite_response(
+    rw: &Rewriter,
+    api_key: i16,
+    version: i16,
+    body: &[u8],
+) -> DecodeResult<Option<Vec<u8>>> {
+    let flexible = api::api_info(api_key).is_some_and(|a| a.is_flexible(version));
+    let schema = match api_key {
+        api::METADATA => &walk::S_METADATA_RESP_FULL,
+        FIND_COORDINATOR => &walk::S_FIND_COORDINATOR_RESP_FULL,
+        DESCRIBE_CLUSTER => &walk::S_DESCRIBE_CLUSTER_RESP,
+        api::PRODUCE => &walk::S_PRODUCE_RESP_FULL,
+        api::FETCH => &walk::S_FETCH_RESP_FULL,
+        _ => return Ok(None),
+    };
+    // kafka-protocol sizes allocations by wire counts: prove them against the bytes first.
+    walk::walk_all(schema, version, flexible, body, &mut |_| {})?;
+    let mut b = Bytes::copy_from_slice(body);
+    let mut changed = false;
+    let mut swap = |node: i32, host: &mut StrBytes, port: &mut i32| {
+        if let Some((h, p)) = rw.map(node, host, *port) {
+            *host = StrBytes::from_string(h);
+            *port = p;
+            changed = true;
+        }
+    };
+    let out = match api_key {
+        api::METADATA => {
+            let mut r = MetadataResponse::decode(&mut b, version).map_err(kp)?;
+            for br in &mut r.brokers {
+                swap(br.node_id.0, &mut br.host, &mut br.port);
+            }
+            enc(&r, version)?
+        }
+        FIND_COORDINATOR => {
+            let mut r = FindCoordinatorResponse::decode(&mut b, version).map_err(kp)?;
+            if version <= 3 {
+                if r.node_id.0 >= 0 {
+                    swap(r.node_id.0, &mut r.host, &mut r.port);
+                }
+            } else {
+                for c in &mut r.coordinators {
+                    if c.node_id.0 >= 0 {
+                        swap(c.node_id.0, &mut c.host, &mut c.port);
+                    }
+                }
+            }
+            enc(&r, version)?
+        }
+        DESCRIBE_CLUSTER => {
+            let mut r = DescribeClusterResponse::decode(&mut b, version).map_err(kp)?;
+            for br in &mut r.brokers {
+                swap(br.broker_id.0, &mut br.host, &mut br.port);
+            }
+            enc(&r, version)?
+        }
+        api::PRODUCE => {
+            let mut r = ProduceResponse::decode(&mut b, version).map_err(kp)?;
+            for n in &mut r.node_endpoints {
+                swap(n.node_id.0, &mut n.host, &mut n.port);
+            }
+            enc(&r, version)?
+        }
+        _ => {
+            let mut r = FetchResponse::decode(&mut b, version).map_err(kp)?;
+            for n in &mut r.node_endpoints {
+                swap(n.node_id.0, &mut n.host, &mut n.port);
+            }
+            enc(&r, version)?
+        }
+    };
+    Ok(changed.then_some(out))
+}
