@@ -92,16 +92,20 @@ class Stack:
     """tansu advertising the sidecar's address, so clients that follow the advertised broker
     address after bootstrap stay behind the filter, and the sidecar in front of it."""
 
-    def __init__(self, tmp, chunk=0, workers=1, config="{}", log_level="warn", properties=None):
+    def __init__(self, tmp, chunk=0, workers=1, config="{}", log_level="warn", properties=None,
+                 advertise=None):
         assert WASM.exists(), f"{WASM} missing: run `make build`"
         assert SIDECAR.exists(), f"{SIDECAR} missing: run `make build`"
         self.broker_port = free_port()
         sidecar_port = free_port()
+        self.sidecar_port = sidecar_port
+        if callable(config):
+            config = config(sidecar_port)
         self.tansu_log = open(tmp / f"tansu-{self.broker_port}.log", "w")
         self.tansu = subprocess.Popen(
             [TANSU, "broker", "--storage-engine", "memory://tansu/",
              "--listener-url", f"tcp://127.0.0.1:{self.broker_port}",
-             "--advertised-listener-url", f"tcp://127.0.0.1:{sidecar_port}"],
+             "--advertised-listener-url", advertise or f"tcp://127.0.0.1:{sidecar_port}"],
             stdout=self.tansu_log, stderr=subprocess.STDOUT)
         wait_port(self.broker_port)
         self.sidecar = Sidecar(tmp, f"127.0.0.1:{self.broker_port}", chunk, workers, config,
