@@ -161,5 +161,136 @@ fn ratios() {
     );
 }
 
-criterion_group!(benches, bench);
+/// An owned host buffer for frames the session may hold and rewrite.
+struct VecBuf {
+    data: Vec<u8>,
+}
+
+impl HostBuffer for VecBuf {
+    fn len(&self) -> usize {
+        self.data.len()
+    }
+    fn read(&mut self, start: usize, len: usize) -> Option<Vec<u8>> {
+        let end = start.saturating_add(len).min(self.data.len());
+        self.data.get(start.min(end)..end).map(<[u8]>::to_vec)
+    }
+    fn replace_front(&mut self, drain: usize, data: &[u8]) -> bool {
+        self.data.drain(..drain.min(self.data.len()));
+        self.data.splice(0..0, data.iter().copied());
+        true
+    }
+}
+
+fn frame_of(header: &[u8], body: &[u8]) -> Vec<u8> {
+    let mut f = ((header.len() + body.len()) as i32).to_be_bytes().to_vec();
+    f.extend_from_slice(header);
+    f.extend_from_slice(body);
+    f
+}
+
+/// A Fetch request and its response (`records` bytes of record data) at `version`; v16+
+/// carries three NodeEndpoints.
+fn fetch_pair(version: i16, records: usize) -> (Vec<u8>, Vec<u8>) {
+    use kafka_protocol::messages::{fetch_response, FetchRequest, FetchResponse};
+    use kafka_protocol::protocol::{Encodable, StrBytes};
+    let mut req_hdr = Vec::new();
+    req_hdr.extend_from_slice(&1i16.to_be_bytes());
+    req_hdr.extend_from_slice(&version.to_be_bytes());
+    req_hdr.extend_from_slice(&7i32.to_be_bytes());
+    req_hdr.extend_from_slice(&(-1i16).to_be_bytes());
+    req_hdr.push(0);
+    let mut body = bytes::BytesMut::new();
+    FetchRequest::default().encode(&mut body, version).unwrap();
+    let req = frame_of(&req_hdr, &body);
+    let mut resp = FetchResponse::default().with_responses(vec![
+        fetch_response::FetchableTopicResponse::default()
+            .with_topic_id(uuid_of(1))
+            .with_partitions(vec![fetch_response::PartitionData::default()
+                .with_records(Some(bytes::Bytes::from(vec![0u8; records])))]),
+    ]);
+    if version >= 16 {
+        resp = resp.with_node_endpoints(
+            (0..3)
+                .map(|i| {
+                    fetch_response::NodeEndpoint::default()
+                        .with_node_id(i.into())
+                        .with_host(StrBytes::from_string(format!("broker-{i}.internal")))
+                        .with_port(9092)
+                })
+                .collect(),
+        );
+    }
+    let mut body = bytes::BytesMut::new();
+    resp.encode(&mut body, version).unwrap();
+    let mut resp_hdr = 7i32.to_be_bytes().to_vec();
+    resp_hdr.push(0);
+    (req, frame_of(&resp_hdr, &body))
+}
+
+fn uuid_of(n: u8) -> uuid::Uuid {
+    uuid::Uuid::from_bytes([n; 16])
+}
+
+/// One Fetch round trip through a fresh session: request, then the whole response in one
+/// callback (the held frame is rewritten in rewrite mode; streamed otherwise).
+fn fetch_roundtrip(cfg: &Rc<Config>, req: &[u8], resp: &[u8]) -> usize {
+    let mut s = Session::new(cfg.clone());
+    let mut b = VecBuf { data: req.to_vec() };
+    s.on_data(Direction::Request, &mut b, false, 0, &mut NoopObserver);
+    let mut r = VecBuf {
+        data: resp.to_vec(),
+    };
+    let v = s.on_data(Direction::Response, &mut r, false, 0, &mut NoopObserver);
+    assert_eq!(v, Verdict::Continue);
+    r.data.len()
+}
+
+fn rewrite_cost(c: &mut Criterion) {
+    let rewrite = Rc::new(
+        Config::from_json(
+            br#"{"rewrite": {"nodeTemplate": "gw:{19092+nodeId}", "nodeEndpoints": "rewrite"}}"#,
+        )
+        .unwrap(),
+    );
+    let cap = Rc::new(
+        Config::from_json(br#"{"rewrite": {"nodeTemplate": "gw:{19092+nodeId}"}}"#).unwrap(),
+    );
+    let mut g = c.benchmark_group("fetch_node_endpoints");
+    for records in [16 * 1024usize, 256 * 1024] {
+        let (req16, resp16) = fetch_pair(16, records);
+        let (req15, resp15) = fetch_pair(15, records);
+        assert!(fetch_roundtrip(&rewrite, &req16, &resp16) != resp16.len());
+        g.throughput(Throughput::Bytes(resp16.len() as u64));
+        g.bench_with_input(
+            BenchmarkId::new("rewrite_v16", records),
+            &records,
+            |b, _| {
+                b.iter(|| fetch_roundtrip(&rewrite, &req16, &resp16));
+            },
+        );
+        g.bench_with_input(
+            BenchmarkId::new("cap_versions_v15", records),
+            &records,
+            |b, _| {
+                b.iter(|| fetch_roundtrip(&cap, &req15, &resp15));
+            },
+        );
+        let t = |cfg: &Rc<Config>, req: &[u8], resp: &[u8]| {
+            let iters = 2000u32;
+            let start = Instant::now();
+            for _ in 0..iters {
+                fetch_roundtrip(cfg, req, resp);
+            }
+            start.elapsed().as_nanos() as f64 / f64::from(iters)
+        };
+        let (a, b) = (t(&rewrite, &req16, &resp16), t(&cap, &req15, &resp15));
+        println!(
+            "ratio nodeEndpoints rewrite (v16, held + re-encoded) / capVersions (v15, streamed), {records} record bytes: {:.2} ({a:.0} ns / {b:.0} ns; both include the harness copying the frame once)",
+            a / b
+        );
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench, rewrite_cost);
 criterion_main!(benches);

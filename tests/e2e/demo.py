@@ -1,6 +1,6 @@
 """`make demo`: tansu + the filter in wasm-sidecar, real traffic through it, and what the
-filter saw: per-topic produce/fetch totals, consumer lag, errors, latency. Policy (issue 4)
-and address rewriting (issue 5) are not built yet."""
+filter saw: per-topic produce/fetch totals, consumer lag, errors, latency; then the
+produce/consume policy at work; then broker address rewriting."""
 import json
 import socket
 import sys
@@ -83,7 +83,7 @@ def main():
     finally:
         st.stop()
     policy_demo(tmp)
-    print("\nnot yet: broker address rewriting (issue 5)")
+    rewrite_demo(tmp)
 
 
 def policy_demo(tmp):
@@ -119,6 +119,29 @@ def policy_demo(tmp):
         del p
     finally:
         st.stop()
+
+
+
+def rewrite_demo(tmp):
+    from confluent_kafka.admin import AdminClient
+    from test_rewrite import UNREACHABLE, roundtrip_confluent
+    cfg = lambda port: json.dumps({"rewrite": {"nodeTemplate": f"127.0.0.1:{port}"}})  # noqa: E731
+    st = Stack(tmp, config=cfg, advertise=UNREACHABLE)
+    bare = Stack(tmp, config="{}", advertise=UNREACHABLE)
+    try:
+        print(f"\n--- address rewriting: tansu advertises {UNREACHABLE} ---")
+        md = AdminClient({"bootstrap.servers": bare.bootstrap}).list_topics(timeout=10)
+        print("without rewrite, clients are told:", [f"{b.host}:{b.port}" for b in md.brokers.values()])
+        md = AdminClient({"bootstrap.servers": st.bootstrap}).list_topics(timeout=10)
+        print("with rewrite.nodeTemplate, clients are told:", [f"{b.host}:{b.port}" for b in md.brokers.values()])
+        create_topics(st.bootstrap, ["rewritten"], partitions=1)
+        ok, why = roundtrip_confluent(st.bootstrap, "rewritten", n=20)
+        print(f"produce + consume 20 records with the rewrite: {'ok' if ok else 'FAILED'} ({why})")
+        ok, why = roundtrip_confluent(bare.bootstrap, "rewritten", n=2, timeout=5)
+        print(f"the same without the rewrite: {'ok' if ok else 'fails'} ({why})")
+    finally:
+        st.stop()
+        bare.stop()
 
 
 if __name__ == "__main__":
