@@ -357,3 +357,32 @@ fn config_errors_name_the_path() {
         assert_eq!(e.path, path, "{json}: {e}");
     }
 }
+
+#[test]
+fn policy_and_rewrite_together_on_one_metadata_response() {
+    let c = cfg(
+        r#"{"rewrite": {"nodeTemplate": "gw.example.com:{19092+nodeId}"},
+            "policy": {"defaultAction": "deny", "rules": [
+              {"name": "d", "action": "allow", "operations": ["describe"], "topics": ["orders"]}]}}"#,
+    );
+    for v in [1i16, 9, 12, 13] {
+        let mut resp = metadata(v, &brokers());
+        resp.topics.push(
+            metadata_response::MetadataResponseTopic::default()
+                .with_name(Some(TopicName(s("secret")))),
+        );
+        let resp = encode_response(9, &resp, v);
+        let want = encode_response(9, &metadata(v, &rewritten()), v);
+        for chunk in [1, 1 << 20] {
+            let got = through(
+                &c,
+                3,
+                v,
+                &MetadataRequest::default().with_topics(None),
+                &resp,
+                chunk,
+            );
+            assert_eq!(got, want, "v{v}: secret hidden and brokers rewritten");
+        }
+    }
+}
