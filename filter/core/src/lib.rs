@@ -20,6 +20,8 @@ pub mod session;
 pub mod walk;
 
 #[cfg(test)]
+mod fuzz_tests;
+#[cfg(test)]
 mod policy_tests;
 #[cfg(test)]
 mod rewrite_tests;

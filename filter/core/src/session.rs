@@ -112,7 +112,7 @@ impl std::fmt::Display for Malformed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Malformed::FrameSize { size } => {
-                write!(f, "frame size {size} is negative or over maxFrameBytes")
+                write!(f, "frame size {size} is below 4 (no room for a correlation id), negative, or over maxFrameBytes")
             }
             Malformed::Decode {
                 api_key: Some(k),
@@ -593,7 +593,9 @@ impl Session {
                     }
                     if want == 4 {
                         let size = i32::from_be_bytes(size_bytes(&st.head));
-                        if size < 0 || size as usize > max_frame {
+                        // Every frame holds at least a correlation id; a size of 0..3 would
+                        // also leave `want` at 4 forever (found by fuzz_tests).
+                        if !(4..=max_frame as i64).contains(&i64::from(size)) {
                             return Err(Malformed::FrameSize { size });
                         }
                         continue; // now ask for the head proper

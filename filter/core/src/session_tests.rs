@@ -649,3 +649,18 @@ fn acks0_memory_is_bounded() {
     );
     assert_eq!(rec.malformed[0].1, "unexpected_response");
 }
+
+#[test]
+fn frame_sizes_below_a_correlation_id_are_malformed_not_a_hang() {
+    for size in 0i32..4 {
+        for dir in [Direction::Request, Direction::Response] {
+            let mut frame = size.to_be_bytes().to_vec();
+            frame.extend(vec![0u8; size as usize]);
+            let mut s = Session::new(cfg());
+            let mut rec = Rec::default();
+            let p = pump(&mut s, dir, [&frame[..]], false, &mut rec);
+            assert!(p.closed, "size {size} {dir:?}");
+            assert_eq!(rec.malformed, vec![(dir, "frame_size".to_string())]);
+        }
+    }
+}
