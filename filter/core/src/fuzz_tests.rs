@@ -47,7 +47,7 @@ fn hdr(key: i16, v: i16, corr: i32) -> RequestHeader {
 fn batch() -> Bytes {
     let mut b = Vec::new();
     b.extend(0i64.to_be_bytes());
-    b.extend(((61 - 12 + 20) as i32).to_be_bytes());
+    b.extend((61i32 - 12 + 20).to_be_bytes());
     b.extend(0i32.to_be_bytes());
     b.push(2);
     b.extend([0u8; 6]);

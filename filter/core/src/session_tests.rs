@@ -433,8 +433,8 @@ fn garbage_after_a_frame_is_caught_and_the_frame_before_it_passes() {
 
 #[test]
 fn truncated_header_inside_a_complete_frame_is_malformed() {
-    // size 3 then three bytes: not even an api_key + version
-    let input = [0, 0, 0, 3, 0, 3, 0];
+    // size 7 then seven bytes: api_key, version, and 3 of the correlation id's 4 bytes
+    let input = [0, 0, 0, 7, 0, 3, 0, 12, 0, 0, 0];
     let mut s = Session::new(cfg());
     let mut rec = Rec::default();
     let p = pump(&mut s, Direction::Request, [&input[..]], false, &mut rec);
