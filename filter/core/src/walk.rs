@@ -406,6 +406,64 @@ static DESCRIBE_CLUSTER_RESP: &[Field] = &[
     f(Skip, I32, 0),
 ];
 
+// ---- More responses whose error codes are counted ------------------------------------------
+/// EndTxn, AddOffsetsToTxn: throttle, error.
+static TXN_RESP: &[Field] = &[f(Skip, I32, 0), f(TopErrorCode, I16, 0), f(Skip, Stop, 0)];
+static S_TXN_RESP: Schema = schema(0, TXN_RESP);
+static LIST_GROUPS_RESP: &[Field] = &[f(Skip, I32, 1), f(TopErrorCode, I16, 0), f(Skip, Stop, 0)];
+static S_LIST_GROUPS_RESP: Schema = schema(0, LIST_GROUPS_RESP);
+static SASL_HANDSHAKE_RESP: &[Field] = &[f(TopErrorCode, I16, 0), f(Skip, Stop, 0)];
+static S_SASL_HANDSHAKE_RESP: Schema = schema(0, SASL_HANDSHAKE_RESP);
+static CREATE_TOPICS_RESP_CONFIG: &[Field] = &[
+    f(Skip, Str, 0),
+    f(Skip, Str, 0),
+    f(Skip, I8, 0),
+    f(Skip, I8, 0),
+    f(Skip, I8, 0),
+];
+static CREATE_TOPICS_RESP_TOPIC: &[Field] = &[
+    f(Topic, Str, 0),
+    f(TopicId, Uuid, 7),
+    f(ErrorCode, I16, 0),
+    f(Skip, Str, 1),
+    f(Skip, I32, 5),
+    f(Skip, I16, 5),
+    f(Skip, Array(CREATE_TOPICS_RESP_CONFIG), 5),
+];
+static CREATE_TOPICS_RESP: &[Field] = &[
+    f(Skip, I32, 2),
+    f(Topics, Array(CREATE_TOPICS_RESP_TOPIC), 0),
+];
+static S_CREATE_TOPICS_RESP: Schema = schema(2, CREATE_TOPICS_RESP);
+static CREATE_PARTITIONS_RESP_TOPIC: &[Field] =
+    &[f(Topic, Str, 0), f(ErrorCode, I16, 0), f(Skip, Str, 0)];
+static CREATE_PARTITIONS_RESP: &[Field] = &[
+    f(Skip, I32, 0),
+    f(Topics, Array(CREATE_PARTITIONS_RESP_TOPIC), 0),
+];
+static S_CREATE_PARTITIONS_RESP: Schema = schema(0, CREATE_PARTITIONS_RESP);
+static DELETE_RECORDS_RESP_PART: &[Field] =
+    &[f(Partition, I32, 0), f(Skip, I64, 0), f(ErrorCode, I16, 0)];
+static DELETE_RECORDS_RESP_TOPIC: &[Field] = &[
+    f(Topic, Str, 0),
+    f(Partitions, Array(DELETE_RECORDS_RESP_PART), 0),
+];
+static DELETE_RECORDS_RESP: &[Field] = &[
+    f(Skip, I32, 0),
+    f(Topics, Array(DELETE_RECORDS_RESP_TOPIC), 0),
+];
+static S_DELETE_RECORDS_RESP: Schema = schema(0, DELETE_RECORDS_RESP);
+/// AlterConfigs / IncrementalAlterConfigs: one error per resource (topic or broker).
+static ALTER_CONFIGS_RESP_ITEM: &[Field] = &[
+    f(TopErrorCode, I16, 0),
+    f(Skip, Str, 0),
+    f(Skip, I8, 0),
+    f(Skip, Str, 0),
+];
+static ALTER_CONFIGS_RESP: &[Field] =
+    &[f(Skip, I32, 0), f(Skip, Array(ALTER_CONFIGS_RESP_ITEM), 0)];
+static S_ALTER_CONFIGS_RESP: Schema = schema(0, ALTER_CONFIGS_RESP);
+
 // ---- Others with a simple error layout -----------------------------------------------------
 static FIND_COORDINATOR_ITEM: &[Field] = &[
     f(Skip, Str, 0), // key
@@ -537,6 +595,13 @@ pub fn response_schema(api_key: i16, version: i16) -> Option<&'static Schema> {
         20 => &S_DELETE_TOPICS_RESP,
         2 => &S_LIST_OFFSETS_RESP,
         36 => &S_SASL_AUTH_RESP,
+        17 => &S_SASL_HANDSHAKE_RESP,
+        16 => &S_LIST_GROUPS_RESP,
+        25 | 26 => &S_TXN_RESP,
+        19 => &S_CREATE_TOPICS_RESP,
+        37 => &S_CREATE_PARTITIONS_RESP,
+        21 => &S_DELETE_RECORDS_RESP,
+        33 | 44 => &S_ALTER_CONFIGS_RESP,
         9 => &S_OFFSET_FETCH_RESP,
         _ => return None,
     };

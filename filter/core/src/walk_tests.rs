@@ -572,3 +572,156 @@ fn offset_fetch_errors_every_version() {
         assert_eq!(f.facts, want, "v{v}");
     }
 }
+
+#[test]
+fn more_apis_count_their_errors_every_version() {
+    use kafka_protocol::messages::*;
+    let c = cfg(|_| {});
+    let s = |x: &'static str| StrBytes::from_static_str(x);
+    let check = |key: i16, v: i16, req: Vec<u8>, resp: Vec<u8>, want: &str| {
+        let f = run(&c, &req, &resp);
+        assert_eq!(f.facts, vec![want.to_string()], "api {key} v{v}");
+    };
+    for v in 0..=5 {
+        check(
+            26,
+            v,
+            encode_request(&hdr(26, v, 1), &EndTxnRequest::default(), v),
+            encode_response(1, &EndTxnResponse::default().with_error_code(48), v),
+            "error 26 - 48",
+        );
+    }
+    for v in 0..=4 {
+        check(
+            25,
+            v,
+            encode_request(&hdr(25, v, 1), &AddOffsetsToTxnRequest::default(), v),
+            encode_response(
+                1,
+                &AddOffsetsToTxnResponse::default().with_error_code(51),
+                v,
+            ),
+            "error 25 - 51",
+        );
+    }
+    for v in 0..=5 {
+        check(
+            16,
+            v,
+            encode_request(&hdr(16, v, 1), &ListGroupsRequest::default(), v),
+            encode_response(
+                1,
+                &ListGroupsResponse::default()
+                    .with_error_code(15)
+                    .with_groups(vec![
+                        list_groups_response::ListedGroup::default().with_group_id(s("g").into())
+                    ]),
+                v,
+            ),
+            "error 16 - 15",
+        );
+    }
+    for v in 0..=1 {
+        check(
+            17,
+            v,
+            encode_request(&hdr(17, v, 1), &SaslHandshakeRequest::default(), v),
+            encode_response(
+                1,
+                &SaslHandshakeResponse::default()
+                    .with_error_code(33)
+                    .with_mechanisms(vec![s("PLAIN")]),
+                v,
+            ),
+            "error 17 - 33",
+        );
+    }
+    for v in 2..=7 {
+        let r = CreateTopicsResponse::default().with_topics(vec![
+            create_topics_response::CreatableTopicResult::default()
+                .with_name(TopicName(s("t")))
+                .with_error_code(36)
+                .with_configs(if v >= 5 {
+                    Some(vec![
+                        create_topics_response::CreatableTopicConfigs::default()
+                            .with_name(s("retention.ms"))
+                            .with_value(Some(s("1"))),
+                    ])
+                } else {
+                    None
+                }),
+        ]);
+        check(
+            19,
+            v,
+            encode_request(&hdr(19, v, 1), &CreateTopicsRequest::default(), v),
+            encode_response(1, &r, v),
+            "error 19 t 36",
+        );
+    }
+    for v in 0..=3 {
+        let r = CreatePartitionsResponse::default().with_results(vec![
+            create_partitions_response::CreatePartitionsTopicResult::default()
+                .with_name(TopicName(s("t")))
+                .with_error_code(37),
+        ]);
+        check(
+            37,
+            v,
+            encode_request(&hdr(37, v, 1), &CreatePartitionsRequest::default(), v),
+            encode_response(1, &r, v),
+            "error 37 t 37",
+        );
+    }
+    for v in 0..=2 {
+        let r = DeleteRecordsResponse::default().with_topics(vec![
+            delete_records_response::DeleteRecordsTopicResult::default()
+                .with_name(TopicName(s("t")))
+                .with_partitions(vec![
+                    delete_records_response::DeleteRecordsPartitionResult::default()
+                        .with_error_code(1),
+                ]),
+        ]);
+        check(
+            21,
+            v,
+            encode_request(&hdr(21, v, 1), &DeleteRecordsRequest::default(), v),
+            encode_response(1, &r, v),
+            "error 21 t 1",
+        );
+    }
+    for v in 0..=2 {
+        let r = AlterConfigsResponse::default().with_responses(vec![
+            alter_configs_response::AlterConfigsResourceResponse::default()
+                .with_error_code(40)
+                .with_resource_name(s("t"))
+                .with_resource_type(2),
+        ]);
+        check(
+            33,
+            v,
+            encode_request(&hdr(33, v, 1), &AlterConfigsRequest::default(), v),
+            encode_response(1, &r, v),
+            "error 33 - 40",
+        );
+    }
+    for v in 0..=1 {
+        let r = IncrementalAlterConfigsResponse::default().with_responses(vec![
+            incremental_alter_configs_response::AlterConfigsResourceResponse::default()
+                .with_error_code(40)
+                .with_resource_name(s("t"))
+                .with_resource_type(2),
+        ]);
+        check(
+            44,
+            v,
+            encode_request(
+                &hdr(44, v, 1),
+                &IncrementalAlterConfigsRequest::default(),
+                v,
+            ),
+            encode_response(1, &r, v),
+            "error 44 - 40",
+        );
+    }
+}
