@@ -639,3 +639,57 @@ fn policy_rewrites_and_probes_through_the_wasm() {
         );
     }
 }
+
+/// Mutated frames through the built wasm with every feature on: the VM must never trap (a
+/// trap would fail every connection on the worker). Complements core's fuzz_tests with the
+/// glue (metric registry, shared data, property reads) in the loop.
+#[test]
+fn mutated_traffic_never_traps_the_vm() {
+    use kafka_protocol::messages::{produce_request, FetchRequest, TopicName};
+    let cfg = r#"{"accessLog": {"enabled": true}, "metrics": {"maxTopics": 3},
+        "rewrite": {"nodeTemplate": "gw:{19092+nodeId}", "nodeEndpoints": "rewrite"},
+        "policy": {"defaultAction": "deny", "rules": [
+          {"name": "o", "action": "allow", "operations": ["produce", "consume", "describe"], "topics": ["o*"]}]}}"#;
+    let process = Process::new();
+    let mut vm = vm_with(cfg, &process);
+    let mut seed = 0x1234_5678_9abc_def1u64;
+    let mut rnd = move |n: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % n.max(1) as u64) as usize
+    };
+    let produce = ProduceRequest::default().with_acks(1).with_topic_data(vec![
+        produce_request::TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_static_str("orders")))
+            .with_partition_data(vec![produce_request::PartitionProduceData::default()
+                .with_records(Some(bytes::Bytes::from(batch(3, 40))))]),
+    ]);
+    let frames = [
+        req(0, 9, 1, &produce),
+        req(1, 13, 2, &FetchRequest::default()),
+        req(3, 12, 3, &MetadataRequest::default()),
+        resp(3, 12, &MetadataResponse::default()),
+    ];
+    for round in 0..300 {
+        let id = vm.new_connection(HashMap::new()).unwrap();
+        for _ in 0..3 {
+            let mut f = frames[rnd(frames.len())].clone();
+            for _ in 0..rnd(4) {
+                let i = 4 + rnd(f.len() - 4);
+                f[i] ^= 1 << rnd(8);
+            }
+            let dir = if rnd(2) == 0 {
+                Dir::Downstream
+            } else {
+                Dir::Upstream
+            };
+            let (_, _, closed) = feed(&mut vm, id, dir, &f, 1 + rnd(64));
+            if closed {
+                break;
+            }
+        }
+        vm.close(id, rnd(2) == 0);
+        assert!(!vm.failed(), "the VM trapped in round {round}");
+    }
+}
