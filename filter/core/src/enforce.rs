@@ -170,14 +170,14 @@ impl Judge<'_> {
     }
 }
 
-fn kp_err(_e: impl std::fmt::Debug) -> DecodeError {
+pub(crate) fn kp_err(_e: impl std::fmt::Debug) -> DecodeError {
     DecodeError::Invalid {
         field: "message",
         reason: "rejected by the kafka-protocol decoder",
     }
 }
 
-fn encode<T: Encodable>(v: &T, version: i16) -> DecodeResult<Vec<u8>> {
+pub(crate) fn encode<T: Encodable>(v: &T, version: i16) -> DecodeResult<Vec<u8>> {
     let mut b = BytesMut::new();
     v.encode(&mut b, version)
         .map_err(|_| DecodeError::Invalid {
@@ -185,6 +185,35 @@ fn encode<T: Encodable>(v: &T, version: i16) -> DecodeResult<Vec<u8>> {
             reason: "cannot encode the rewritten message",
         })?;
     Ok(b.to_vec())
+}
+
+/// Decode a whole message with kafka-protocol, which sizes allocations by wire counts, only
+/// after [`walk::walk_all`] has proved every count and length in it fits the bytes present.
+pub(crate) fn decode_checked<T: Decodable>(
+    schema: &'static walk::Schema,
+    version: i16,
+    flexible: bool,
+    body: &[u8],
+) -> DecodeResult<T> {
+    walk::walk_all(schema, version, flexible, body, &mut |_| {})?;
+    T::decode(&mut Bytes::copy_from_slice(body), version).map_err(kp_err)
+}
+
+/// Split a request's items into those that go on to the broker (code 0) and the error
+/// entries the client gets for the others.
+fn split<T: Clone, D>(
+    items: &[T],
+    mut code: impl FnMut(&T) -> i16,
+    deny: impl Fn(&T, i16) -> D,
+) -> (Vec<T>, Vec<D>) {
+    let (mut kept, mut denied) = (Vec::new(), Vec::new());
+    for item in items {
+        match code(item) {
+            0 => kept.push(item.clone()),
+            c => denied.push(deny(item, c)),
+        }
+    }
+    (kept, denied)
 }
 
 /// Apply `policy` to a complete request body (the bytes after the request header).
@@ -500,9 +529,7 @@ fn produce(
                         .with_base_offset(-1)
                         .with_log_append_time_ms(-1)
                         .with_log_start_offset(-1)
-                        .with_error_message(Some(StrBytes::from_static_str(
-                            "denied by kafka-mesh-filter policy",
-                        ))),
+                        .with_error_message(Some(StrBytes::from_static_str(DENIED))),
                 );
             }
         }
@@ -634,19 +661,11 @@ fn fetch(
     body: &[u8],
     forced: Option<i16>,
 ) -> DecodeResult<Enforced> {
-    walk::walk_all(
-        &walk::S_FETCH_REQ_FULL,
-        version,
-        flexible,
-        body,
-        &mut |_| {},
-    )?;
-    let req = FetchRequest::decode(&mut Bytes::copy_from_slice(body), version).map_err(kp_err)?;
+    let req: FetchRequest = decode_checked(&walk::S_FETCH_REQ_FULL, version, flexible, body)?;
     let by_id = version >= 13;
-    let mut kept = Vec::new();
-    let mut denied = Vec::new();
-    for topic in &req.topics {
-        let code = match forced {
+    let (kept, denied) = split(
+        &req.topics,
+        |topic| match forced {
             Some(c) => c,
             None => {
                 let named = topic_name(
@@ -659,45 +678,28 @@ fn fetch(
                 );
                 topic_code(j, named, Operation::Consume)
             }
-        };
-        if code == 0 {
-            kept.push(topic.clone());
-            continue;
-        }
-        let parts = topic
-            .partitions
-            .iter()
-            .map(|p| {
-                fetch_response::PartitionData::default()
-                    .with_partition_index(p.partition)
-                    .with_error_code(code)
-                    .with_high_watermark(-1)
-                    .with_last_stable_offset(-1)
-                    .with_log_start_offset(-1)
-                    .with_preferred_read_replica((-1).into())
-            })
-            .collect();
-        denied.push(
+        },
+        |topic, code| {
+            let parts = topic
+                .partitions
+                .iter()
+                .map(|p| {
+                    fetch_response::PartitionData::default()
+                        .with_partition_index(p.partition)
+                        .with_error_code(code)
+                        .with_high_watermark(-1)
+                        .with_last_stable_offset(-1)
+                        .with_log_start_offset(-1)
+                        .with_preferred_read_replica((-1).into())
+                })
+                .collect();
             fetch_response::FetchableTopicResponse::default()
                 .with_topic(topic.topic.clone())
                 .with_topic_id(topic.topic_id)
-                .with_partitions(parts),
-        );
-    }
-    if denied.is_empty() {
-        return Ok(Enforced::Forward);
-    }
-    let mut entries = Vec::new();
-    for d in &denied {
-        entries.extend(encode(d, version)?);
-    }
-    Ok(Enforced::Rewrite {
-        body: encode(&req.clone().with_topics(kept), version)?,
-        splice: Some(Splice::Prepend {
-            count: u32::try_from(denied.len()).unwrap_or(u32::MAX),
-            entries,
-        }),
-    })
+                .with_partitions(parts)
+        },
+    );
+    finish(&denied, &req.clone().with_topics(kept), version)
 }
 
 fn delete_topics(
@@ -708,16 +710,8 @@ fn delete_topics(
     body: &[u8],
     forced: Option<i16>,
 ) -> DecodeResult<Enforced> {
-    walk::walk_all(
-        &walk::S_DELETE_TOPICS_REQ,
-        version,
-        flexible,
-        body,
-        &mut |_| {},
-    )?;
-    let req =
-        DeleteTopicsRequest::decode(&mut Bytes::copy_from_slice(body), version).map_err(kp_err)?;
-    let mut denied = Vec::new();
+    let req: DeleteTopicsRequest =
+        decode_checked(&walk::S_DELETE_TOPICS_REQ, version, flexible, body)?;
     let judge = |j: &mut Judge<'_>, named: Named| -> i16 {
         match forced {
             Some(c) => c,
@@ -729,51 +723,31 @@ fn delete_topics(
             .with_name(name)
             .with_topic_id(id)
             .with_error_code(code)
-            .with_error_message(Some(StrBytes::from_static_str(
-                "denied by kafka-mesh-filter policy",
-            )))
+            .with_error_message(Some(StrBytes::from_static_str(DENIED)))
     };
-    let new_req = if version >= 6 {
-        let mut kept = Vec::new();
-        for t in &req.topics {
-            let named = match &t.name {
-                Some(n) => Named::Name(n.0.to_string()),
-                None => topic_name(j, names, "", t.topic_id.as_bytes(), true, Operation::Delete),
-            };
-            let code = judge(j, named);
-            if code == 0 {
-                kept.push(t.clone());
-            } else {
-                denied.push(result(t.name.clone(), t.topic_id, code));
-            }
-        }
-        req.clone().with_topics(kept)
+    if version >= 6 {
+        let (kept, denied) = split(
+            &req.topics,
+            |t| {
+                let named = match &t.name {
+                    Some(n) => Named::Name(n.0.to_string()),
+                    None => {
+                        topic_name(j, names, "", t.topic_id.as_bytes(), true, Operation::Delete)
+                    }
+                };
+                judge(j, named)
+            },
+            |t, code| result(t.name.clone(), t.topic_id, code),
+        );
+        finish(&denied, &req.clone().with_topics(kept), version)
     } else {
-        let mut kept = Vec::new();
-        for n in &req.topic_names {
-            let code = judge(j, Named::Name(n.0.to_string()));
-            if code == 0 {
-                kept.push(n.clone());
-            } else {
-                denied.push(result(Some(n.clone()), Default::default(), code));
-            }
-        }
-        req.clone().with_topic_names(kept)
-    };
-    if denied.is_empty() {
-        return Ok(Enforced::Forward);
+        let (kept, denied) = split(
+            &req.topic_names,
+            |n| judge(j, Named::Name(n.0.to_string())),
+            |n, code| result(Some(n.clone()), Default::default(), code),
+        );
+        finish(&denied, &req.clone().with_topic_names(kept), version)
     }
-    let mut entries = Vec::new();
-    for d in &denied {
-        entries.extend(encode(d, version)?);
-    }
-    Ok(Enforced::Rewrite {
-        body: encode(&new_req, version)?,
-        splice: Some(Splice::Prepend {
-            count: u32::try_from(denied.len()).unwrap_or(u32::MAX),
-            entries,
-        }),
-    })
 }
 
 /// Where the top-level topics array count sits in a response body, for [`Splice::Prepend`]:
@@ -843,24 +817,12 @@ fn list_offsets(
     body: &[u8],
     forced: Option<i16>,
 ) -> DecodeResult<Enforced> {
-    walk::walk_all(
-        &walk::S_LIST_OFFSETS_REQ,
-        version,
-        flexible,
-        body,
-        &mut |_| {},
-    )?;
-    let req =
-        ListOffsetsRequest::decode(&mut Bytes::copy_from_slice(body), version).map_err(kp_err)?;
-    let mut kept = Vec::new();
-    let mut denied = Vec::new();
-    for t in &req.topics {
-        let code = consume_code(j, &t.name.0, forced);
-        if code == 0 {
-            kept.push(t.clone());
-            continue;
-        }
-        denied.push(
+    let req: ListOffsetsRequest =
+        decode_checked(&walk::S_LIST_OFFSETS_REQ, version, flexible, body)?;
+    let (kept, denied) = split(
+        &req.topics,
+        |t| consume_code(j, &t.name.0, forced),
+        |t, code| {
             list_offsets_response::ListOffsetsTopicResponse::default()
                 .with_name(t.name.clone())
                 .with_partitions(
@@ -875,9 +837,9 @@ fn list_offsets(
                                 .with_leader_epoch(-1)
                         })
                         .collect(),
-                ),
-        );
-    }
+                )
+        },
+    );
     finish(&denied, &req.clone().with_topics(kept), version)
 }
 
@@ -888,25 +850,13 @@ fn offset_commit(
     body: &[u8],
     forced: Option<i16>,
 ) -> DecodeResult<Enforced> {
-    walk::walk_all(
-        &walk::S_OFFSET_COMMIT_REQ_FULL,
-        version,
-        flexible,
-        body,
-        &mut |_| {},
-    )?;
-    let req =
-        OffsetCommitRequest::decode(&mut Bytes::copy_from_slice(body), version).map_err(kp_err)?;
+    let req: OffsetCommitRequest =
+        decode_checked(&walk::S_OFFSET_COMMIT_REQ_FULL, version, flexible, body)?;
     let group_denied = group_code(j, &req.group_id.0, forced, "offset_commit");
-    let mut kept = Vec::new();
-    let mut denied = Vec::new();
-    for t in &req.topics {
-        let code = consume_code(j, &t.name.0, group_denied);
-        if code == 0 {
-            kept.push(t.clone());
-            continue;
-        }
-        denied.push(
+    let (kept, denied) = split(
+        &req.topics,
+        |t| consume_code(j, &t.name.0, group_denied),
+        |t, code| {
             offset_commit_response::OffsetCommitResponseTopic::default()
                 .with_name(t.name.clone())
                 .with_partitions(
@@ -918,9 +868,9 @@ fn offset_commit(
                                 .with_error_code(code)
                         })
                         .collect(),
-                ),
-        );
-    }
+                )
+        },
+    );
     finish(&denied, &req.clone().with_topics(kept), version)
 }
 
@@ -931,15 +881,8 @@ fn offset_fetch(
     body: &[u8],
     forced: Option<i16>,
 ) -> DecodeResult<Enforced> {
-    walk::walk_all(
-        &walk::S_OFFSET_FETCH_REQ,
-        version,
-        flexible,
-        body,
-        &mut |_| {},
-    )?;
-    let req =
-        OffsetFetchRequest::decode(&mut Bytes::copy_from_slice(body), version).map_err(kp_err)?;
+    let req: OffsetFetchRequest =
+        decode_checked(&walk::S_OFFSET_FETCH_REQ, version, flexible, body)?;
     let group_denied = group_code(j, &req.group_id.0, forced, "offset_fetch");
     let Some(topics) = req.topics.as_ref() else {
         // All of the group's committed offsets: only the group can be checked here.
@@ -950,15 +893,10 @@ fn offset_fetch(
             None => Enforced::Forward,
         });
     };
-    let mut kept = Vec::new();
-    let mut denied = Vec::new();
-    for t in topics {
-        let code = consume_code(j, &t.name.0, group_denied);
-        if code == 0 {
-            kept.push(t.clone());
-            continue;
-        }
-        denied.push(
+    let (kept, denied) = split(
+        topics,
+        |t| consume_code(j, &t.name.0, group_denied),
+        |t, code| {
             offset_fetch_response::OffsetFetchResponseTopic::default()
                 .with_name(t.name.clone())
                 .with_partitions(
@@ -973,9 +911,9 @@ fn offset_fetch(
                                 .with_error_code(code)
                         })
                         .collect(),
-                ),
-        );
-    }
+                )
+        },
+    );
     finish(&denied, &req.clone().with_topics(Some(kept)), version)
 }
 
@@ -990,9 +928,7 @@ fn metadata(
     body: &[u8],
     forced: Option<i16>,
 ) -> DecodeResult<Enforced> {
-    walk::walk_all(&walk::S_METADATA_REQ, version, flexible, body, &mut |_| {})?;
-    let req =
-        MetadataRequest::decode(&mut Bytes::copy_from_slice(body), version).map_err(kp_err)?;
+    let req: MetadataRequest = decode_checked(&walk::S_METADATA_REQ, version, flexible, body)?;
     let Some(topics) = req.topics.as_ref() else {
         // All topics: decided per topic on the response.
         return Ok(Enforced::Rewrite {
@@ -1062,15 +998,8 @@ pub fn rewrite_metadata_response(
     notes: &mut Vec<Note>,
 ) -> DecodeResult<Vec<u8>> {
     let flexible = api::api_info(api::METADATA).is_some_and(|a| a.is_flexible(version));
-    walk::walk_all(
-        &walk::S_METADATA_RESP_FULL,
-        version,
-        flexible,
-        body,
-        &mut |_| {},
-    )?;
-    let mut resp =
-        MetadataResponse::decode(&mut Bytes::copy_from_slice(body), version).map_err(kp_err)?;
+    let mut resp: MetadataResponse =
+        decode_checked(&walk::S_METADATA_RESP_FULL, version, flexible, body)?;
     let mut j = Judge {
         policy,
         id,
@@ -1126,129 +1055,106 @@ fn admin(
     body: &[u8],
     forced: Option<i16>,
 ) -> DecodeResult<Enforced> {
-    let schema = match api_key {
-        CREATE_TOPICS => &walk::S_CREATE_TOPICS_REQ,
-        DELETE_RECORDS => &walk::S_DELETE_RECORDS_REQ,
-        ALTER_CONFIGS => &walk::S_ALTER_CONFIGS_REQ,
-        CREATE_PARTITIONS => &walk::S_CREATE_PARTITIONS_REQ,
-        _ => &walk::S_INC_ALTER_CONFIGS_REQ,
-    };
-    walk::walk_all(schema, version, flexible, body, &mut |_| {})?;
-    let mut b = Bytes::copy_from_slice(body);
     let op = if api_key == CREATE_TOPICS {
         Operation::Create
     } else {
         Operation::Alter
     };
-    let code_for = |j: &mut Judge<'_>, topic: &str, is_topic: bool| -> i16 {
+    let mut code_for = |topic: &str, is_topic: bool| -> i16 {
         match forced {
             Some(c) => c,
             None if !is_topic => 0,
             None => topic_code(j, Named::Name(topic.to_string()), op),
         }
     };
+    let msg = || Some(StrBytes::from_static_str(DENIED));
     match api_key {
         CREATE_TOPICS => {
-            let req = CreateTopicsRequest::decode(&mut b, version).map_err(kp_err)?;
-            let (mut kept, mut denied) = (Vec::new(), Vec::new());
-            for t in &req.topics {
-                let c = code_for(j, &t.name.0, true);
-                if c == 0 {
-                    kept.push(t.clone());
-                } else {
-                    denied.push(
-                        create_topics_response::CreatableTopicResult::default()
-                            .with_name(t.name.clone())
-                            .with_error_code(c)
-                            .with_error_message(Some(StrBytes::from_static_str(DENIED)))
-                            .with_num_partitions(-1)
-                            .with_replication_factor(-1),
-                    );
-                }
-            }
+            let req: CreateTopicsRequest =
+                decode_checked(&walk::S_CREATE_TOPICS_REQ, version, flexible, body)?;
+            let (kept, denied) = split(
+                &req.topics,
+                |t| code_for(&t.name.0, true),
+                |t, c| {
+                    create_topics_response::CreatableTopicResult::default()
+                        .with_name(t.name.clone())
+                        .with_error_code(c)
+                        .with_error_message(msg())
+                        .with_num_partitions(-1)
+                        .with_replication_factor(-1)
+                },
+            );
             finish(&denied, &req.clone().with_topics(kept), version)
         }
         CREATE_PARTITIONS => {
-            let req = CreatePartitionsRequest::decode(&mut b, version).map_err(kp_err)?;
-            let (mut kept, mut denied) = (Vec::new(), Vec::new());
-            for t in &req.topics {
-                let c = code_for(j, &t.name.0, true);
-                if c == 0 {
-                    kept.push(t.clone());
-                } else {
-                    denied.push(
-                        create_partitions_response::CreatePartitionsTopicResult::default()
-                            .with_name(t.name.clone())
-                            .with_error_code(c)
-                            .with_error_message(Some(StrBytes::from_static_str(DENIED))),
-                    );
-                }
-            }
+            let req: CreatePartitionsRequest =
+                decode_checked(&walk::S_CREATE_PARTITIONS_REQ, version, flexible, body)?;
+            let (kept, denied) = split(
+                &req.topics,
+                |t| code_for(&t.name.0, true),
+                |t, c| {
+                    create_partitions_response::CreatePartitionsTopicResult::default()
+                        .with_name(t.name.clone())
+                        .with_error_code(c)
+                        .with_error_message(msg())
+                },
+            );
             finish(&denied, &req.clone().with_topics(kept), version)
         }
         DELETE_RECORDS => {
-            let req = DeleteRecordsRequest::decode(&mut b, version).map_err(kp_err)?;
-            let (mut kept, mut denied) = (Vec::new(), Vec::new());
-            for t in &req.topics {
-                let c = code_for(j, &t.name.0, true);
-                if c == 0 {
-                    kept.push(t.clone());
-                } else {
-                    denied.push(
-                        delete_records_response::DeleteRecordsTopicResult::default()
-                            .with_name(t.name.clone())
-                            .with_partitions(
-                                t.partitions
-                                    .iter()
-                                    .map(|p| {
-                                        delete_records_response::DeleteRecordsPartitionResult::default()
-                                            .with_partition_index(p.partition_index)
-                                            .with_low_watermark(-1)
-                                            .with_error_code(c)
-                                    })
-                                    .collect(),
-                            ),
-                    );
-                }
-            }
+            let req: DeleteRecordsRequest =
+                decode_checked(&walk::S_DELETE_RECORDS_REQ, version, flexible, body)?;
+            let (kept, denied) = split(
+                &req.topics,
+                |t| code_for(&t.name.0, true),
+                |t, c| {
+                    delete_records_response::DeleteRecordsTopicResult::default()
+                        .with_name(t.name.clone())
+                        .with_partitions(
+                            t.partitions
+                                .iter()
+                                .map(|p| {
+                                    delete_records_response::DeleteRecordsPartitionResult::default()
+                                        .with_partition_index(p.partition_index)
+                                        .with_low_watermark(-1)
+                                        .with_error_code(c)
+                                })
+                                .collect(),
+                        )
+                },
+            );
             finish(&denied, &req.clone().with_topics(kept), version)
         }
         ALTER_CONFIGS => {
-            let req = AlterConfigsRequest::decode(&mut b, version).map_err(kp_err)?;
-            let (mut kept, mut denied) = (Vec::new(), Vec::new());
-            for r in &req.resources {
-                let c = code_for(j, &r.resource_name, r.resource_type == RESOURCE_TOPIC);
-                if c == 0 {
-                    kept.push(r.clone());
-                } else {
-                    denied.push(
-                        alter_configs_response::AlterConfigsResourceResponse::default()
-                            .with_error_code(c)
-                            .with_error_message(Some(StrBytes::from_static_str(DENIED)))
-                            .with_resource_type(r.resource_type)
-                            .with_resource_name(r.resource_name.clone()),
-                    );
-                }
-            }
+            let req: AlterConfigsRequest =
+                decode_checked(&walk::S_ALTER_CONFIGS_REQ, version, flexible, body)?;
+            let (kept, denied) = split(
+                &req.resources,
+                |r| code_for(&r.resource_name, r.resource_type == RESOURCE_TOPIC),
+                |r, c| {
+                    alter_configs_response::AlterConfigsResourceResponse::default()
+                        .with_error_code(c)
+                        .with_error_message(msg())
+                        .with_resource_type(r.resource_type)
+                        .with_resource_name(r.resource_name.clone())
+                },
+            );
             finish(&denied, &req.clone().with_resources(kept), version)
         }
         _ => {
-            let req = IncrementalAlterConfigsRequest::decode(&mut b, version).map_err(kp_err)?;
-            let (mut kept, mut denied) = (Vec::new(), Vec::new());
-            for r in &req.resources {
-                let c = code_for(j, &r.resource_name, r.resource_type == RESOURCE_TOPIC);
-                if c == 0 {
-                    kept.push(r.clone());
-                } else {
-                    denied.push(
-                        incremental_alter_configs_response::AlterConfigsResourceResponse::default()
-                            .with_error_code(c)
-                            .with_error_message(Some(StrBytes::from_static_str(DENIED)))
-                            .with_resource_type(r.resource_type)
-                            .with_resource_name(r.resource_name.clone()),
-                    );
-                }
-            }
+            let req: IncrementalAlterConfigsRequest =
+                decode_checked(&walk::S_INC_ALTER_CONFIGS_REQ, version, flexible, body)?;
+            let (kept, denied) = split(
+                &req.resources,
+                |r| code_for(&r.resource_name, r.resource_type == RESOURCE_TOPIC),
+                |r, c| {
+                    incremental_alter_configs_response::AlterConfigsResourceResponse::default()
+                        .with_error_code(c)
+                        .with_error_message(msg())
+                        .with_resource_type(r.resource_type)
+                        .with_resource_name(r.resource_name.clone())
+                },
+            );
             finish(&denied, &req.clone().with_resources(kept), version)
         }
     }

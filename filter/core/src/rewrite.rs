@@ -15,17 +15,17 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use bytes::Bytes;
 use kafka_protocol::messages::{
     DescribeClusterResponse, FetchResponse, FindCoordinatorResponse, MetadataResponse,
     ProduceResponse,
 };
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::protocol::StrBytes;
 use serde::Deserialize;
 
 use crate::api;
 use crate::config::ConfigError;
-use crate::reader::{DecodeError, DecodeResult};
+use crate::enforce::{decode_checked, encode};
+use crate::reader::DecodeResult;
 use crate::walk;
 
 /// How Produce v10+ / Fetch v16+ `NodeEndpoints` are handled. In Fetch responses they come
@@ -305,23 +305,6 @@ impl Rewriter {
 pub const FIND_COORDINATOR: i16 = 10;
 pub const DESCRIBE_CLUSTER: i16 = 60;
 
-fn kp(_e: impl std::fmt::Debug) -> DecodeError {
-    DecodeError::Invalid {
-        field: "message",
-        reason: "rejected by the kafka-protocol decoder",
-    }
-}
-
-fn enc<T: Encodable>(v: &T, version: i16) -> DecodeResult<Vec<u8>> {
-    let mut b = bytes::BytesMut::new();
-    v.encode(&mut b, version)
-        .map_err(|_| DecodeError::Invalid {
-            field: "message",
-            reason: "cannot encode the rewritten message",
-        })?;
-    Ok(b.to_vec())
-}
-
 /// Rewrite the addresses in a complete response body (after the response header). `Ok(None)`
 /// when nothing changes: the caller relays the original bytes.
 pub fn rewrite_response(
@@ -331,17 +314,6 @@ pub fn rewrite_response(
     body: &[u8],
 ) -> DecodeResult<Option<Vec<u8>>> {
     let flexible = api::api_info(api_key).is_some_and(|a| a.is_flexible(version));
-    let schema = match api_key {
-        api::METADATA => &walk::S_METADATA_RESP_FULL,
-        FIND_COORDINATOR => &walk::S_FIND_COORDINATOR_RESP_FULL,
-        DESCRIBE_CLUSTER => &walk::S_DESCRIBE_CLUSTER_RESP,
-        api::PRODUCE => &walk::S_PRODUCE_RESP_FULL,
-        api::FETCH => &walk::S_FETCH_RESP_FULL,
-        _ => return Ok(None),
-    };
-    // kafka-protocol sizes allocations by wire counts: prove them against the bytes first.
-    walk::walk_all(schema, version, flexible, body, &mut |_| {})?;
-    let mut b = Bytes::copy_from_slice(body);
     let mut changed = false;
     let mut swap = |node: i32, host: &mut StrBytes, port: &mut i32| {
         if let Some((h, p)) = rw.map(node, host, *port) {
@@ -352,14 +324,16 @@ pub fn rewrite_response(
     };
     let out = match api_key {
         api::METADATA => {
-            let mut r = MetadataResponse::decode(&mut b, version).map_err(kp)?;
+            let mut r: MetadataResponse =
+                decode_checked(&walk::S_METADATA_RESP_FULL, version, flexible, body)?;
             for br in &mut r.brokers {
                 swap(br.node_id.0, &mut br.host, &mut br.port);
             }
-            enc(&r, version)?
+            encode(&r, version)?
         }
         FIND_COORDINATOR => {
-            let mut r = FindCoordinatorResponse::decode(&mut b, version).map_err(kp)?;
+            let mut r: FindCoordinatorResponse =
+                decode_checked(&walk::S_FIND_COORDINATOR_RESP_FULL, version, flexible, body)?;
             if version <= 3 {
                 if r.node_id.0 >= 0 {
                     swap(r.node_id.0, &mut r.host, &mut r.port);
@@ -371,29 +345,33 @@ pub fn rewrite_response(
                     }
                 }
             }
-            enc(&r, version)?
+            encode(&r, version)?
         }
         DESCRIBE_CLUSTER => {
-            let mut r = DescribeClusterResponse::decode(&mut b, version).map_err(kp)?;
+            let mut r: DescribeClusterResponse =
+                decode_checked(&walk::S_DESCRIBE_CLUSTER_RESP, version, flexible, body)?;
             for br in &mut r.brokers {
                 swap(br.broker_id.0, &mut br.host, &mut br.port);
             }
-            enc(&r, version)?
+            encode(&r, version)?
         }
         api::PRODUCE => {
-            let mut r = ProduceResponse::decode(&mut b, version).map_err(kp)?;
+            let mut r: ProduceResponse =
+                decode_checked(&walk::S_PRODUCE_RESP_FULL, version, flexible, body)?;
             for n in &mut r.node_endpoints {
                 swap(n.node_id.0, &mut n.host, &mut n.port);
             }
-            enc(&r, version)?
+            encode(&r, version)?
         }
-        _ => {
-            let mut r = FetchResponse::decode(&mut b, version).map_err(kp)?;
+        api::FETCH => {
+            let mut r: FetchResponse =
+                decode_checked(&walk::S_FETCH_RESP_FULL, version, flexible, body)?;
             for n in &mut r.node_endpoints {
                 swap(n.node_id.0, &mut n.host, &mut n.port);
             }
-            enc(&r, version)?
+            encode(&r, version)?
         }
+        _ => return Ok(None),
     };
     Ok(changed.then_some(out))
 }

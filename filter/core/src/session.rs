@@ -875,16 +875,22 @@ impl Session {
         }
     }
 
+    /// The connection's identity with one request's client id.
+    fn identity_with(&self, client_id: Option<String>) -> Identity {
+        Identity {
+            client_id,
+            ..self.identity.clone()
+        }
+    }
+
     /// Whether a request must be held for the policy (or cannot be let through at all).
     fn policy_gate(&mut self, hdr: &RequestHeader<'_>, total: usize) -> Option<HeadOutcome> {
         let cfg = self.cfg.clone();
         let policy = cfg.compiled_policy.as_ref()?;
-        let id = Identity {
-            client_id: hdr
-                .client_id
+        let id = self.identity_with(
+            hdr.client_id
                 .map(|c| String::from_utf8_lossy(c).into_owned()),
-            ..self.identity.clone()
-        };
+        );
         let audit = policy.mode == crate::policy::Mode::Audit;
         let api_denied = !policy.decide(&id, Question::Api(hdr.api_key)).allow;
         let (need, min_version) = match hdr.api_key {
@@ -1356,12 +1362,10 @@ impl Session {
                 error,
             })?;
         let body_at = 4 + body.len().saturating_sub(rest.remaining());
-        let id = Identity {
-            client_id: hdr
-                .client_id
+        let id = self.identity_with(
+            hdr.client_id
                 .map(|c| String::from_utf8_lossy(c).into_owned()),
-            ..self.identity.clone()
-        };
+        );
         let req_body = frame.get(body_at..).unwrap_or(&[]);
         let (out, notes) = enforce::enforce_request(
             policy,
@@ -1482,6 +1486,7 @@ impl Session {
                 let Some(policy) = cfg.compiled_policy.as_ref() else {
                     return Ok(None);
                 };
+                // `front` borrows the queue mutably: build the identity from the field.
                 let id = Identity {
                     client_id,
                     ..self.identity.clone()

@@ -21,7 +21,6 @@ use kafka_protocol::protocol::{Decodable, StrBytes};
 
 use crate::api;
 use crate::apiversions::Clamp;
-use crate::collect::TopicRef;
 use crate::config::{Config, MalformedAction};
 use crate::header::RequestHeader as Hdr;
 use crate::session::*;
@@ -40,30 +39,9 @@ struct Rec {
     access: Vec<AccessLog>,
 }
 
-impl crate::collect::FactSink for Rec {
-    fn produce_topic(&mut self, t: &TopicRef, batches: u64, records: u64, bytes: u64) {
-        self.facts.push(format!(
-            "produce {} b={batches} r={records} n={bytes}",
-            t.label()
-        ));
-    }
-    fn fetch_topic(&mut self, t: &TopicRef, records: u64, bytes: u64) {
-        self.facts
-            .push(format!("fetch {} r={records} n={bytes}", t.label()));
-    }
-    fn error(&mut self, api: i16, t: Option<&TopicRef>, code: i16) {
-        let t = t.map(TopicRef::label).unwrap_or_else(|| "-".into());
-        self.facts.push(format!("error {api} {t} {code}"));
-    }
-    fn lag(&mut self, t: &TopicRef, p: i32, lag: i64) {
-        self.facts.push(format!("lag {} {p} {lag}", t.label()));
-    }
-    fn group_request(&mut self, api: i16, g: &str) {
-        self.facts.push(format!("group {api} {g}"));
-    }
-    fn topic_id(&mut self, id: [u8; 16], name: &str) {
-        self.facts
-            .push(format!("topic_id {} {name}", crate::collect::hex(&id)));
+impl FactLines for Rec {
+    fn lines(&mut self) -> &mut Vec<String> {
+        &mut self.facts
     }
 }
 

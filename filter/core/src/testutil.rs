@@ -6,6 +6,7 @@
     clippy::panic
 )]
 
+use crate::collect::{FactSink, TopicRef};
 use crate::session::{Direction, HostBuffer, Observer, Session, Verdict};
 use bytes::BytesMut;
 use kafka_protocol::messages::{RequestHeader, ResponseHeader};
@@ -118,4 +119,36 @@ pub fn chunkings(bytes: &[u8]) -> Vec<Vec<&[u8]>> {
         all.push(vec![&bytes[..at], &bytes[at..]]);
     }
     all
+}
+
+/// A test observer that records every fact as one line, for exact assertions.
+pub trait FactLines {
+    fn lines(&mut self) -> &mut Vec<String>;
+}
+
+impl<T: FactLines> FactSink for T {
+    fn produce_topic(&mut self, t: &TopicRef, batches: u64, records: u64, bytes: u64) {
+        self.lines().push(format!(
+            "produce {} b={batches} r={records} n={bytes}",
+            t.label()
+        ));
+    }
+    fn fetch_topic(&mut self, t: &TopicRef, records: u64, bytes: u64) {
+        self.lines()
+            .push(format!("fetch {} r={records} n={bytes}", t.label()));
+    }
+    fn error(&mut self, api: i16, t: Option<&TopicRef>, code: i16) {
+        let t = t.map(TopicRef::label).unwrap_or_else(|| "-".into());
+        self.lines().push(format!("error {api} {t} {code}"));
+    }
+    fn lag(&mut self, t: &TopicRef, p: i32, lag: i64) {
+        self.lines().push(format!("lag {} {p} {lag}", t.label()));
+    }
+    fn group_request(&mut self, api: i16, g: &str) {
+        self.lines().push(format!("group {api} {g}"));
+    }
+    fn topic_id(&mut self, id: [u8; 16], name: &str) {
+        self.lines()
+            .push(format!("topic_id {} {name}", crate::collect::hex(&id)));
+    }
 }

@@ -20,7 +20,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 
 use crate::api;
-use crate::collect::{FactSink, TopicRef};
+
 use crate::config::{Config, Family};
 use crate::session::*;
 use crate::testutil::*;
@@ -32,30 +32,9 @@ struct Facts {
     malformed: Vec<String>,
 }
 
-impl FactSink for Facts {
-    fn produce_topic(&mut self, t: &TopicRef, batches: u64, records: u64, bytes: u64) {
-        self.facts.push(format!(
-            "produce {} b={batches} r={records} n={bytes}",
-            t.label()
-        ));
-    }
-    fn fetch_topic(&mut self, t: &TopicRef, records: u64, bytes: u64) {
-        self.facts
-            .push(format!("fetch {} r={records} n={bytes}", t.label()));
-    }
-    fn error(&mut self, api: i16, t: Option<&TopicRef>, code: i16) {
-        let t = t.map(TopicRef::label).unwrap_or_else(|| "-".into());
-        self.facts.push(format!("error {api} {t} {code}"));
-    }
-    fn lag(&mut self, t: &TopicRef, p: i32, lag: i64) {
-        self.facts.push(format!("lag {} {p} {lag}", t.label()));
-    }
-    fn group_request(&mut self, api: i16, g: &str) {
-        self.facts.push(format!("group {api} {g}"));
-    }
-    fn topic_id(&mut self, id: [u8; 16], name: &str) {
-        self.facts
-            .push(format!("topic_id {} {name}", crate::collect::hex(&id)));
+impl FactLines for Facts {
+    fn lines(&mut self) -> &mut Vec<String> {
+        &mut self.facts
     }
 }
 
