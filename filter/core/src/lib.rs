@@ -11,6 +11,7 @@ pub mod collect;
 pub mod config;
 pub mod enforce;
 pub mod errors;
+pub mod guard;
 pub mod header;
 pub mod labels;
 pub mod policy;

@@ -110,9 +110,19 @@ fn broker(forwarded: &[u8]) -> (Vec<u8>, Vec<(i16, i16, RequestHeader, Bytes)>) 
                                     t.partition_data
                                         .iter()
                                         .map(|p| {
-                                            produce_response::PartitionProduceResponse::default()
-                                                .with_index(p.index)
-                                                .with_base_offset(100)
+                                            let r = produce_response::PartitionProduceResponse::default()
+                                                .with_index(p.index);
+                                            match kafka_refuses(v, t, p.index) {
+                                                Some(code) => r
+                                                    .with_error_code(code)
+                                                    .with_base_offset(-1)
+                                                    .with_error_message(Some(
+                                                        StrBytes::from_static_str(
+                                                            "This server does not host this topic-partition.",
+                                                        ),
+                                                    )),
+                                                None => r.with_base_offset(100),
+                                            }
                                         })
                                         .collect(),
                                 )
@@ -344,6 +354,57 @@ fn broker(forwarded: &[u8]) -> (Vec<u8>, Vec<(i16, i16, RequestHeader, Bytes)>) 
     (out, seen)
 }
 
+/// What Kafka answers a Produce partition the filter neutralised: a name with characters no
+/// topic name has, an id no topic has, a negative partition (see `crate::guard`); `None`
+/// for a partition it accepts and writes.
+fn kafka_refuses(v: i16, t: &produce_request::TopicProduceData, index: i32) -> Option<i16> {
+    if v >= 13 {
+        if t.topic_id.as_bytes().starts_with(b"kmf-deny") {
+            return Some(100); // UNKNOWN_TOPIC_ID
+        }
+    } else if !t
+        .name
+        .0
+        .bytes()
+        .all(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'_' || c == b'-')
+        || t.name.0.is_empty()
+    {
+        return Some(3); // UNKNOWN_TOPIC_OR_PARTITION
+    }
+    (index < 0).then_some(3)
+}
+
+/// (topic name or id, partition) of every partition the fake broker wrote.
+fn written(
+    seen: &[(i16, i16, RequestHeader, Bytes)],
+    names: &HashMap<[u8; 16], String>,
+) -> Vec<(String, i32)> {
+    let mut out = Vec::new();
+    for (key, v, _, body) in seen {
+        if *key != 0 {
+            continue;
+        }
+        let r = ProduceRequest::decode(&mut body.clone(), *v).unwrap();
+        for t in &r.topic_data {
+            for p in &t.partition_data {
+                if kafka_refuses(*v, t, p.index).is_none() {
+                    let n = if *v >= 13 {
+                        names
+                            .get(t.topic_id.as_bytes())
+                            .cloned()
+                            .unwrap_or_default()
+                    } else {
+                        t.name.0.to_string()
+                    };
+                    out.push((n, p.index));
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 fn decode_resp<T: Decodable + HeaderVersion>(frame: &[u8], v: i16) -> (i32, T) {
     let mut b = Bytes::copy_from_slice(frame);
     let h = ResponseHeader::decode(&mut b, T::header_version(v)).unwrap();
@@ -436,15 +497,18 @@ fn produce_denied_topics_get_topic_authorization_failed_others_land() {
             };
             let (_fwd, seen, back) =
                 roundtrip(&c, &Identity::default(), &mut obs, &reqs, chunks, 5);
-            // the broker saw only the allowed topics
+            // the broker wrote only the allowed topics: the denied one reached it neutralised
             assert_eq!(seen.len(), 1);
-            let r = ProduceRequest::decode(&mut seen[0].3.clone(), v).unwrap();
-            let sent: Vec<usize> = r
-                .topic_data
-                .iter()
-                .map(|t| t.partition_data.len())
-                .collect();
-            assert_eq!(sent, vec![2, 1], "v{v}");
+            assert_eq!(
+                written(&seen, &ids()),
+                vec![
+                    ("orders.eu".into(), 0),
+                    ("orders.eu".into(), 1),
+                    ("orders.us".into(), 2)
+                ],
+                "v{v}"
+            );
+            assert_eq!(_fwd.len(), reqs.len(), "sizes never change");
             // the client sees every partition it sent, payments denied
             let fr = frames(&back);
             assert_eq!(fr.len(), 1);
@@ -491,10 +555,9 @@ fn produce_from_an_unlisted_client_is_denied_by_default_and_acks0_just_drops() {
         let p = pump(&mut s, Direction::Request, chunks, false, &mut obs);
         let (resps, seen) = broker(&p.out);
         assert!(resps.is_empty());
-        let r = ProduceRequest::decode(&mut seen[0].3.clone(), 9).unwrap();
         assert!(
-            r.topic_data.is_empty(),
-            "nothing of a fully denied acks=0 produce is forwarded"
+            written(&seen, &ids()).is_empty(),
+            "nothing of a fully denied acks=0 produce is written"
         );
         assert_eq!(s.inflight(), 0);
     }
@@ -718,9 +781,13 @@ fn a_frame_too_large_to_inspect_closes_instead_of_bypassing() {
         r#"{"policy""#,
         r#"{"maxBufferedFrameBytes": 1024, "policy""#,
     ));
-    let mut req = produce_req(9, 1);
-    req.topic_data[0].partition_data[0].records = Some(Bytes::from(vec![0u8; 4096]));
-    let reqs = encode_request(&hdr(0, 9, 1, "orders-a"), &req, 9);
+    // Produce streams whatever its size; a Fetch request is held whole to be rewritten.
+    let mut req = FetchRequest::default().with_topics(vec![fetch_request::FetchTopic::default()
+        .with_topic(name("orders.eu"))
+        .with_partitions(vec![fetch_request::FetchPartition::default(); 200])]);
+    req.max_wait_ms = 1;
+    let reqs = encode_request(&hdr(1, 12, 1, "orders-a"), &req, 12);
+    assert!(reqs.len() > 1024);
     let mut s = Session::new(c);
     let mut obs = Obs::default();
     let p = pump(

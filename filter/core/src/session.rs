@@ -31,10 +31,11 @@ use crate::apiversions::{self, Clamp};
 use crate::collect::{AccessTopics, Collector, FactSink, FetchOffsets};
 use crate::config::{Config, Family, MalformedAction};
 use crate::enforce::{self, Enforced, Note, Splice, TopicNames};
+use crate::guard::{MarkOp, ProduceGuard, Restore, RestoreGuard, Seen, Target};
 use crate::header::{self, RequestHeader};
 use crate::policy::{Identity, Operation, Question};
 use crate::reader::{DecodeError, Reader};
-use crate::walk::{self, Schema, Step, Walker};
+use crate::walk::{self, Event, Schema, Step, Walker, F};
 
 /// The host's view of one direction's connection buffer. In the filter this is
 /// `proxy_get_buffer_bytes` / `proxy_set_buffer_bytes`; in native tests an Envoy-faithful Vec.
@@ -250,6 +251,8 @@ struct InFlight {
     access: Option<Box<AccessLog>>,
     /// How the policy changes this request's response.
     splice: Option<Box<Splice>>,
+    /// What the Produce guard neutralised, to put right in the response.
+    restore: Option<Box<Restore>>,
 }
 
 /// A splice waiting for the rewritten request to be queued.
@@ -278,6 +281,30 @@ struct WalkState {
     /// Request side: whether a response is expected (the record then goes to the queue).
     expects_response: bool,
     correlation_id: i32,
+    /// Decides or restores parts of this frame as it goes by (Produce under a policy).
+    guard: Option<WalkGuard>,
+    /// Host offset from which a guard may still edit bytes already walked (a partition
+    /// index, until its batch header is decided).
+    mark: Option<usize>,
+}
+
+#[derive(Debug)]
+enum WalkGuard {
+    Produce(Box<ProduceGuard>),
+    Restore(Box<RestoreGuard>),
+}
+
+impl WalkState {
+    /// Under a guard, the bytes of the field being read (the carry) and those from the mark
+    /// on must stay editable: they are not forwarded yet.
+    fn keep_from(&self, scan: usize) -> Option<usize> {
+        self.guard.as_ref()?;
+        let carry = (!self.carry.is_empty()).then(|| scan.saturating_sub(self.carry.len()));
+        match (self.mark, carry) {
+            (Some(m), Some(c)) => Some(m.min(c)),
+            (m, c) => m.or(c),
+        }
+    }
 }
 
 struct WalkPlan {
@@ -290,6 +317,7 @@ struct WalkPlan {
     access: Option<Box<AccessLog>>,
     expects_response: bool,
     correlation_id: i32,
+    guard: Option<WalkGuard>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -312,11 +340,14 @@ enum Phase {
     Head { start: usize },
     /// Streaming past the rest of a frame that needs nothing more.
     Skip { remaining: u64 },
-    /// Waiting for the whole frame at `start` (total bytes incl. size prefix) to rewrite it.
+    /// Collecting the whole frame (total bytes incl. size prefix) to rewrite it. Its first
+    /// `taken` bytes were moved out of the host buffer into [`DirState::held`] by earlier
+    /// callbacks; the rest starts at host offset `start`.
     Hold {
         start: usize,
         total: usize,
         action: HoldAction,
+        taken: usize,
     },
     /// Walking the body of the current frame ([`DirState::walk`]); bytes stream through.
     Walk,
@@ -333,6 +364,11 @@ pub const HEAD_MAX: usize = 4 + 8 + 2 + 32_767 + 6 + 32_767 + 2 + 64;
 const RESPONSE_HEAD: usize = 8;
 /// Bytes copied per walk read at first; grows ×4 up to [`HEAD_MAX`] for long strings.
 const WALK_WINDOW: usize = 128;
+/// The largest buffer the session leaves in Envoy by pausing when it ends in an incomplete
+/// piece. Far below Istio's smallest connection buffer limit (32 KiB on gateways), so a pause
+/// never trips the read-disable watermark, and it bounds how long finished frames in front of
+/// the piece wait; past it the piece moves into the VM and the rest is forwarded.
+const PAUSE_MAX: usize = 4096;
 /// Recent `acks=0` correlation ids remembered, in case the broker answers them anyway.
 const ACKS0_RING: usize = 64;
 
@@ -345,6 +381,15 @@ struct DirState {
     head: Vec<u8>,
     window: usize,
     walk: Option<WalkState>,
+    /// Bytes cut from the end of the host buffer by the last callback (an incomplete head or
+    /// a field a guard may still edit, after bytes that were forwarded): they go back in
+    /// front of the buffer first thing in the next callback. See [`Session::settle`].
+    stash: Vec<u8>,
+    /// [`Phase::Hold`]: copies of the held frame's first bytes.
+    held: Vec<u8>,
+    /// [`Phase::Head`]: how many of the head's bytes were already forwarded (a head that no
+    /// rewrite can touch is read as it goes by, not held back).
+    head_gone: usize,
 }
 
 impl DirState {
@@ -355,6 +400,9 @@ impl DirState {
             head: Vec::new(),
             window: 0,
             walk: None,
+            stash: Vec::new(),
+            held: Vec::new(),
+            head_gone: 0,
         };
         st.window = st.initial_window(dir);
         st
@@ -372,8 +420,22 @@ impl DirState {
     fn next_frame(&mut self, dir: Direction, at: usize) {
         self.phase = Phase::Head { start: at };
         self.head.clear();
+        self.held.clear();
+        self.head_gone = 0;
         self.window = self.initial_window(dir);
         self.walk = None;
+    }
+
+    /// The host offset of the first byte that must not be forwarded at the end of this
+    /// callback: the start of an incomplete head or held frame, or of the bytes a guard may
+    /// still edit. `None`: everything may go.
+    fn keep_from(&self) -> Option<usize> {
+        match self.phase {
+            Phase::Head { start } => (!self.head.is_empty()).then_some(start),
+            Phase::Hold { start, .. } => Some(start),
+            Phase::Walk => self.walk.as_ref().and_then(|ws| ws.keep_from(self.scan)),
+            Phase::Skip { .. } | Phase::Bypass => None,
+        }
     }
 }
 
@@ -484,27 +546,152 @@ impl Session {
         if self.closed {
             return Verdict::Close;
         }
+        // What the last callback kept back goes in front of the new bytes: the buffer now
+        // looks exactly as if that callback had paused with only those bytes left.
+        let stash = std::mem::take(&mut self.dir_mut(dir).stash);
+        if !stash.is_empty() && !buf.replace_front(0, &stash) {
+            let m = Malformed::HostError {
+                what: "set_buffer_bytes",
+            };
+            return self.give_up(dir, &m, obs);
+        }
         let mut len = buf.len();
         let outcome = self.walk(dir, buf, &mut len, now_ns, obs);
         if let Err(m) = outcome {
             return self.give_up(dir, &m, obs);
         }
+        match self.settle(dir, buf, len, end_of_stream) {
+            Ok(v) => v,
+            Err(m) => self.give_up(dir, &m, obs),
+        }
+    }
+
+    /// Whether the frame whose head is being collected in `dir` may have its head rewritten
+    /// or be held whole, so its head bytes must not be forwarded before it is decided.
+    /// Requests: only under a policy. Responses: only the answer at the front of the queue can
+    /// arrive next, so its request tells (an ApiVersions clamp, a policy splice, an address
+    /// rewrite); anything else is read as it goes by.
+    fn head_may_edit(&self, dir: Direction) -> bool {
+        match dir {
+            Direction::Request => self.cfg.compiled_policy.is_some(),
+            Direction::Response => self.inflight.front().is_some_and(|f| {
+                (f.api_key == API_VERSIONS && self.cfg.clamp_api_versions)
+                    || f.splice.is_some()
+                    || self
+                        .cfg
+                        .compiled_rewrite
+                        .as_ref()
+                        .is_some_and(|rw| rw.applies(f.api_key, f.api_version))
+            }),
+        }
+    }
+
+    /// End of a callback: decide what the host may forward now.
+    ///
+    /// Envoy forwards the whole buffer on `Continue` and keeps all of it on `Pause`; it can
+    /// drain and prepend at the front but cannot cut the end (`Buffer::copyFrom` in
+    /// envoyproxy/envoy `source/extensions/common/wasm/context.cc`). Pausing with finished
+    /// frames in front of an incomplete one would hold those frames hostage to the next
+    /// one's arrival, and a pipelining client (librdkafka) may never leave a frame boundary
+    /// at the end of a buffer; past Envoy's buffer limit the read side is disabled and the
+    /// connection stalls for good. So the session pauses only while the whole buffer is
+    /// small ([`PAUSE_MAX`]). Otherwise the incomplete piece is moved into the VM (cut from
+    /// the end: the part before it is drained and written back) and everything before it is
+    /// forwarded; a held frame accumulates in the VM ([`DirState::held`]) until it is whole,
+    /// any other piece ([`DirState::stash`]) goes back in front at the next callback.
+    fn settle(
+        &mut self,
+        dir: Direction,
+        buf: &mut dyn HostBuffer,
+        len: usize,
+        end_of_stream: bool,
+    ) -> Result<Verdict, Malformed> {
+        let may_edit = self.head_may_edit(dir);
         let st = self.dir_mut(dir);
-        let pending = match st.phase {
-            Phase::Head { .. } => !st.head.is_empty(),
-            Phase::Hold { .. } => true,
-            Phase::Skip { .. } | Phase::Walk | Phase::Bypass => false,
+        let keep = match st.phase {
+            _ if end_of_stream => None,
+            // A head no rewrite can touch is read as it goes by, once its size prefix is
+            // known to be sane (so a garbage size never reaches the other side).
+            Phase::Head { .. } if !may_edit && st.head.len() >= 4 => None,
+            _ => st.keep_from(),
         };
-        if pending && !end_of_stream {
-            return Verdict::Pause;
+        let Some(p) = keep.filter(|p| *p <= len) else {
+            // Everything goes. A held frame cut short by the end of the stream goes out as it
+            // came: its bytes already moved into the VM are put back in front.
+            if let Phase::Hold { taken, .. } = st.phase {
+                if taken > 0 {
+                    let back = st.held.get(..taken).unwrap_or(&[]).to_vec();
+                    if !buf.replace_front(0, &back) {
+                        return Err(Malformed::HostError {
+                            what: "set_buffer_bytes",
+                        });
+                    }
+                }
+            }
+            // Continue: the host drains the buffer, so the next callback starts at offset 0.
+            st.scan = 0;
+            match st.phase {
+                // A head no rewrite can touch goes on; its bytes so far stay in `head`.
+                Phase::Head { .. } if !end_of_stream && !st.head.is_empty() => {
+                    st.head_gone = st.head.len();
+                    st.phase = Phase::Head { start: 0 };
+                }
+                Phase::Head { .. } | Phase::Hold { .. } => st.next_frame(dir, 0),
+                Phase::Walk => {
+                    if let Some(ws) = st.walk.as_mut() {
+                        ws.mark = None;
+                    }
+                }
+                Phase::Skip { .. } | Phase::Bypass => {}
+            }
+            return Ok(Verdict::Continue);
+        };
+        if len <= PAUSE_MAX {
+            // Small enough to leave in Envoy's buffer: pausing copies nothing, and the
+            // bytes in front wait at most until the piece is complete or the buffer grows
+            // past this bound.
+            return Ok(Verdict::Pause);
         }
-        // Continue: the host drains the buffer, so the next callback starts at offset 0.
-        st.scan = 0;
-        match st.phase {
-            Phase::Head { .. } | Phase::Hold { .. } => st.next_frame(dir, 0),
-            Phase::Skip { .. } | Phase::Walk | Phase::Bypass => {}
+        if let Phase::Hold {
+            start,
+            total,
+            action,
+            taken,
+        } = st.phase
+        {
+            // Copy whatever of the frame is not in the VM yet, then take it out of the host.
+            let copied = st.held.len().saturating_sub(taken);
+            let in_host = len.saturating_sub(start);
+            if in_host > copied {
+                let more = read_exact(buf, start + copied, in_host - copied)?;
+                st.held.extend_from_slice(&more);
+            }
+            cut_tail(buf, start, len)?;
+            let st = self.dir_mut(dir);
+            st.phase = Phase::Hold {
+                start: 0,
+                total,
+                action,
+                taken: taken + in_host,
+            };
+            st.scan = 0;
+            return Ok(Verdict::Continue);
         }
-        Verdict::Continue
+        let tail = len - p;
+        st.stash = read_exact(buf, p, tail)?;
+        cut_tail(buf, p, len)?;
+        let st = self.dir_mut(dir);
+        st.scan -= p.min(st.scan);
+        match &mut st.phase {
+            Phase::Head { start } => *start -= p.min(*start),
+            Phase::Walk => {
+                if let Some(ws) = st.walk.as_mut() {
+                    ws.mark = ws.mark.map(|m| m.saturating_sub(p));
+                }
+            }
+            _ => {}
+        }
+        Ok(Verdict::Continue)
     }
 
     fn dir_mut(&mut self, dir: Direction) -> &mut DirState {
@@ -581,8 +768,10 @@ impl Session {
                         }
                     };
                     let st = self.dir_mut(dir);
-                    let have_end = start + st.head.len();
-                    let avail_end = (*len).min(start + want);
+                    // The first `head_gone` head bytes were forwarded by earlier callbacks.
+                    let gone = st.head_gone;
+                    let have_end = (start + st.head.len()).saturating_sub(gone);
+                    let avail_end = (*len).min((start + want).saturating_sub(gone));
                     if avail_end > have_end {
                         let bytes = read_exact(buf, have_end, avail_end - have_end)?;
                         st.head.extend_from_slice(&bytes);
@@ -608,6 +797,20 @@ impl Session {
                     };
                     let st = self.dir_mut(dir);
                     st.head = head;
+                    if st.head_gone > 0
+                        && matches!(
+                            outcome,
+                            HeadOutcome::Hold(_) | HeadOutcome::ReplaceHead { .. }
+                        )
+                    {
+                        // Cannot happen: heads that may be edited are never let go early.
+                        return Err(Malformed::HostError {
+                            what: "head edit after its bytes were forwarded",
+                        });
+                    }
+                    if !matches!(outcome, HeadOutcome::NeedMore) {
+                        st.head_gone = 0;
+                    }
                     match outcome {
                         HeadOutcome::NeedMore => {
                             if want < total && st.window < HEAD_MAX {
@@ -655,6 +858,8 @@ impl Session {
                                 access: plan.access,
                                 expects_response: plan.expects_response,
                                 correlation_id: plan.correlation_id,
+                                guard: plan.guard,
+                                mark: None,
                             });
                             st.head.clear();
                             st.window = st.initial_window(dir);
@@ -678,10 +883,12 @@ impl Session {
                             st.next_frame(dir, start);
                         }
                         HeadOutcome::Hold(action) => {
+                            st.held = std::mem::take(&mut st.head);
                             st.phase = Phase::Hold {
                                 start,
                                 total,
                                 action,
+                                taken: 0,
                             };
                         }
                         HeadOutcome::Malformed(m) => return Err(m),
@@ -691,12 +898,16 @@ impl Session {
                     start,
                     total,
                     action,
+                    taken,
                 } => {
-                    if *len < start + total {
+                    // The frame's bytes from `taken` on are in the host from `start`.
+                    let span = total - taken;
+                    if *len < start + span {
                         return Ok(());
                     }
-                    let (new_len, again) = self.rewrite(dir, buf, start, total, action, obs)?;
-                    *len = *len - total + new_len;
+                    let (new_len, again) =
+                        self.rewrite(dir, buf, start, total, taken, action, obs)?;
+                    *len = *len - span + new_len;
                     let st = self.dir_mut(dir);
                     if again {
                         // Process the rewritten frame from its start, as if it had arrived so.
@@ -856,10 +1067,23 @@ impl Session {
                 sent_ns: now_ns,
                 access: queued_access,
                 splice: pending.map(|p| Box::new(p.splice)),
+                restore: None,
             });
         } else if let Some(a) = queued_access {
             obs.access_log(&a); // acks=0 and not walked: nothing more will be learned
         }
+        // Produce under a policy is decided as it streams (crate::guard).
+        let guard = match (schema, hdr.api_key) {
+            (Some(_), PRODUCE) if self.cfg.compiled_policy.is_some() => {
+                let id = self.identity_with(
+                    hdr.client_id
+                        .map(|c| String::from_utf8_lossy(c).into_owned()),
+                );
+                ProduceGuard::new(self.cfg.clone(), id, hdr.api_version)
+                    .map(|g| WalkGuard::Produce(Box::new(g)))
+            }
+            _ => None,
+        };
         match schema {
             Some(schema) => HeadOutcome::Walk(Box::new(WalkPlan {
                 schema,
@@ -870,6 +1094,7 @@ impl Session {
                 access: walk_access,
                 expects_response,
                 correlation_id: hdr.correlation_id,
+                guard,
             })),
             None => HeadOutcome::Pass,
         }
@@ -948,6 +1173,9 @@ impl Session {
                 api::api_name(hdr.api_key),
                 hdr.api_version
             ));
+        }
+        if hdr.api_key == api::PRODUCE {
+            return None; // decided while it streams: see crate::guard
         }
         if total > cfg.max_buffered_frame_bytes as usize {
             if audit {
@@ -1099,6 +1327,9 @@ impl Session {
                 access,
                 expects_response: false,
                 correlation_id,
+                guard: req
+                    .restore
+                    .map(|r| WalkGuard::Restore(Box::new(RestoreGuard::new(*r)))),
             }));
         }
         if let Some(a) = access {
@@ -1166,16 +1397,37 @@ impl Session {
             if ws.walker.is_done() {
                 break;
             }
+            let carry_start = st.scan.saturating_sub(ws.carry.len());
             let mut r = Reader::new(&ws.carry);
             let collector = &mut ws.collector;
-            let obs_sink: &mut dyn FactSink = obs;
+            let guard = &mut ws.guard;
             let res = ws.walker.step(&mut r, &mut |ev| {
-                collector.on(ev, offsets, lag_cap, obs_sink);
+                let seen = match guard.as_mut() {
+                    Some(WalkGuard::Produce(g)) => g.on_event(&ev, &mut |id| obs.topic_name(id)),
+                    Some(WalkGuard::Restore(g)) => g.on_event(&ev),
+                    None => Seen::Same,
+                };
+                match seen {
+                    Seen::Same => collector.on(ev, offsets, lag_cap, obs),
+                    Seen::Hidden => {}
+                    Seen::Code(c) => {
+                        collector.on(Event::Int(F::ErrorCode, c.into()), offsets, lag_cap, obs)
+                    }
+                    Seen::Topic(i) => {
+                        if let Some(WalkGuard::Restore(g)) = guard.as_ref() {
+                            let ev = Event::Str(F::Topic, Some(g.original(i)));
+                            collector.on(ev, offsets, lag_cap, obs);
+                        }
+                    }
+                }
             });
             match res {
                 Ok(step) => {
                     let used = r.position();
                     ws.carry.drain(..used);
+                    if let Some(g) = ws.guard.as_mut() {
+                        apply_guard(g, &mut ws.mark, carry_start + used, buf, obs)?;
+                    }
                     match step {
                         Step::Advanced => {}
                         Step::Skip(n) => ws.skip = n,
@@ -1219,7 +1471,20 @@ impl Session {
         Ok(true)
     }
 
-    fn finish_walk(&mut self, ws: WalkState, obs: &mut dyn Observer) {
+    fn finish_walk(&mut self, mut ws: WalkState, obs: &mut dyn Observer) {
+        if let Some(WalkGuard::Produce(g)) = ws.guard.take() {
+            let restore = g.into_restore();
+            if !restore.is_empty() && ws.expects_response {
+                if let Some(q) = self
+                    .inflight
+                    .iter_mut()
+                    .rev()
+                    .find(|q| q.correlation_id == ws.correlation_id)
+                {
+                    q.restore = Some(Box::new(restore));
+                }
+            }
+        }
         if ws.collector.api_key() == SASL_AUTHENTICATE && !ws.expects_response {
             if let Some((corr, user)) = self.sasl_pending.take() {
                 if corr == ws.correlation_id && ws.collector.first_error == 0 && ws.walker.is_done()
@@ -1249,44 +1514,56 @@ impl Session {
         obs.access_log(&access);
     }
 
-    /// Replace the complete frame at `[start, start + total)`; returns its new length and
-    /// whether the (new) frame must be processed again from its start.
+    /// The held frame is whole: rewrite it. Its first `taken` bytes are in the VM only, the
+    /// rest is in the host at `[start, start + total - taken)`. Returns the frame's length now
+    /// and whether the (new) frame must be processed again from its start.
+    #[allow(clippy::too_many_arguments)]
     fn rewrite(
         &mut self,
         dir: Direction,
         buf: &mut dyn HostBuffer,
         start: usize,
         total: usize,
+        taken: usize,
         action: HoldAction,
         obs: &mut dyn Observer,
     ) -> Result<(usize, bool), Malformed> {
         let st = self.dir_mut(dir);
-        let have = st.head.len().min(total);
-        let mut frame = std::mem::take(&mut st.head);
+        let have = st.held.len().min(total).max(taken);
+        let mut frame = std::mem::take(&mut st.held);
         frame.truncate(have);
-        let rest = read_exact(buf, start + have, total - have)?;
+        let rest = read_exact(buf, start + (have - taken), total - have)?;
         frame.extend_from_slice(&rest);
-        let version = match action {
-            HoldAction::ClampApiVersions { version } => version,
-            HoldAction::Enforce => {
-                let new = self.enforce(&frame, obs)?;
+        let span = total - taken;
+        let (new, again) = match action {
+            HoldAction::ClampApiVersions { version } => (self.clamp(&frame, version, obs)?, false),
+            HoldAction::Enforce => (self.enforce(&frame, obs)?, true),
+            HoldAction::ReplaceResponse => (self.replace_response(&frame, obs)?, true),
+            HoldAction::RewriteAddresses => (self.rewrite_addresses(&frame)?, true),
+        };
+        let new = match new {
+            Some(f) => f,
+            // Unchanged, and all of it is in the host: leave the buffer untouched.
+            None if taken == 0 => return Ok((total, again)),
+            // Unchanged: the bytes moved into the VM go back.
+            None => {
                 return self
-                    .replace_frame(buf, start, total, new)
-                    .map(|n| (n, true));
-            }
-            HoldAction::ReplaceResponse => {
-                let new = self.replace_response(&frame, obs)?;
-                return self
-                    .replace_frame(buf, start, total, new)
-                    .map(|n| (n, true));
-            }
-            HoldAction::RewriteAddresses => {
-                let new = self.rewrite_addresses(&frame)?;
-                return self
-                    .replace_frame(buf, start, total, new)
-                    .map(|n| (n, true));
+                    .replace_frame(buf, start, span, Some(frame))
+                    .map(|n| (n, again))
             }
         };
+        self.replace_frame(buf, start, span, Some(new))
+            .map(|n| (n, again))
+    }
+
+    /// Clamp the ApiVersions response `frame` in place; `None` when nothing changes.
+    fn clamp(
+        &mut self,
+        frame: &[u8],
+        version: i16,
+        obs: &mut dyn Observer,
+    ) -> Result<Option<Vec<u8>>, Malformed> {
+        let mut frame = frame.to_vec();
         // ApiVersions responses always use response header v0: the body starts after the
         // size and the correlation id.
         let body = frame.get_mut(8..).unwrap_or(&mut []);
@@ -1309,25 +1586,24 @@ impl Session {
             }
         })?;
         if clamps.is_empty() {
-            return Ok((total, false)); // nothing to change: leave the host buffer untouched
+            return Ok(None);
         }
         apiversions::apply_clamps(body, &clamps);
         obs.api_versions_clamped(&clamps);
-        self.replace_frame(buf, start, total, Some(frame))
-            .map(|n| (n, false))
+        Ok(Some(frame))
     }
 
-    /// Put `new` (a whole frame) in place of the frame at `[start, start + total)`; `None`
+    /// Put `new` (a whole frame) in place of the host's `[start, start + span)`; `None`
     /// leaves the buffer untouched. Returns the frame's length now.
     fn replace_frame(
         &mut self,
         buf: &mut dyn HostBuffer,
         start: usize,
-        total: usize,
+        span: usize,
         new: Option<Vec<u8>>,
     ) -> Result<usize, Malformed> {
         let Some(frame) = new else {
-            return Ok(total);
+            return Ok(span);
         };
         // Envoy can only drain-and-prepend at the front, so whatever precedes the frame in
         // this buffer (at most what arrived with it) is copied and written back with it.
@@ -1337,7 +1613,7 @@ impl Session {
             Vec::new()
         };
         out.extend_from_slice(&frame);
-        if !buf.replace_front(start + total, &out) {
+        if !buf.replace_front(start + span, &out) {
             return Err(Malformed::HostError {
                 what: "set_buffer_bytes",
             });
@@ -1621,6 +1897,87 @@ fn cfg_walks(cfg: &Config) -> (bool, bool) {
         || m.on(Family::Lag)
         || m.on(Family::Produce);
     (req, resp)
+}
+
+/// After a guarded walk step that ended at host offset `end`: report the guard's notes, move
+/// its mark, and overwrite the bytes it neutralised or restored (same length, in place).
+fn apply_guard(
+    g: &mut WalkGuard,
+    mark: &mut Option<usize>,
+    end: usize,
+    buf: &mut dyn HostBuffer,
+    obs: &mut dyn Observer,
+) -> Result<(), Malformed> {
+    let (edits, op) = match g {
+        WalkGuard::Produce(p) => {
+            for n in p.take_notes() {
+                obs.policy_note(&n);
+            }
+            if let Some(reason) = p.close_reason() {
+                return Err(Malformed::PolicyClose { reason });
+            }
+            (p.take_edits(), p.take_mark())
+        }
+        WalkGuard::Restore(r) => (r.take_edits(), MarkOp::Keep),
+    };
+    for e in edits {
+        let at = match e.target {
+            Target::LastField => end.checked_sub(e.data.len()),
+            Target::Mark => *mark,
+        };
+        let Some(at) = at else {
+            return Err(Malformed::HostError {
+                what: "guard edit without a position",
+            });
+        };
+        edit_at(buf, at, &e.data)?;
+    }
+    match op {
+        MarkOp::Keep => {}
+        MarkOp::Set(n) => *mark = end.checked_sub(n),
+        MarkOp::Clear => *mark = None,
+    }
+    Ok(())
+}
+
+/// Overwrite `data.len()` bytes at host offset `at`. Envoy cannot write mid-buffer: the
+/// bytes in front are copied out and written back with the new ones (drain and prepend).
+fn edit_at(buf: &mut dyn HostBuffer, at: usize, data: &[u8]) -> Result<(), Malformed> {
+    if at.saturating_add(data.len()) > buf.len() {
+        return Err(Malformed::HostError {
+            what: "guard edit past the buffer",
+        });
+    }
+    let mut out = if at > 0 {
+        read_exact(buf, 0, at)?
+    } else {
+        Vec::new()
+    };
+    out.extend_from_slice(data);
+    if buf.replace_front(at + data.len(), &out) {
+        Ok(())
+    } else {
+        Err(Malformed::HostError {
+            what: "set_buffer_bytes",
+        })
+    }
+}
+
+/// Remove `[from, len)` from the end of the host buffer, keeping `[0, from)`: Envoy can only
+/// drain and prepend at the front, so the kept part is copied out and written back.
+fn cut_tail(buf: &mut dyn HostBuffer, from: usize, len: usize) -> Result<(), Malformed> {
+    let keep = if from > 0 {
+        read_exact(buf, 0, from)?
+    } else {
+        Vec::new()
+    };
+    if buf.replace_front(len, &keep) {
+        Ok(())
+    } else {
+        Err(Malformed::HostError {
+            what: "set_buffer_bytes",
+        })
+    }
 }
 
 /// Copy exactly `len` bytes at `start` out of the host; a short or failed read is a host error.

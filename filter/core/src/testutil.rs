@@ -54,6 +54,9 @@ impl HostBuffer for EnvoyBuf {
         let start = start.min(self.data.len());
         let end = start.saturating_add(len).min(self.data.len());
         self.copied += end - start;
+        if std::env::var("KMF_DEBUG_READS").is_ok() {
+            eprintln!("read {start} {len} of {}", self.data.len());
+        }
         Some(self.data[start..end].to_vec())
     }
     fn replace_front(&mut self, drain: usize, data: &[u8]) -> bool {

@@ -1,0 +1,666 @@
+//! Produce under a policy, decided while the request streams through.
+//!
+//! A Produce request can be a megabyte of record batches (librdkafka's default `batch.size`
+//! is 1,000,000 per partition, and it pipelines several such requests). Holding it whole to
+//! drop denied topics would stall the connection at Envoy's buffer limit, and its size prefix
+//! has left the filter long before the records of its last topic arrive. So nothing changes
+//! size: each denied part is **neutralised in place**, with the same number of bytes, so that
+//! the broker refuses it and writes nothing, and the small Produce response is put right on
+//! its way back (the original name, index or id, and the policy's error code):
+//!
+//! - a denied topic (v3-12): its name becomes a same-length name made of characters Kafka
+//!   never allows in a topic name (`[a-zA-Z0-9._-]` only, `org.apache.kafka.common.internals.Topic`).
+//!   Kafka answers a Produce to a topic it does not have with UNKNOWN_TOPIC_OR_PARTITION and
+//!   never creates topics on Produce (`ReplicaManager.appendToLocalLog`, apache/kafka
+//!   `core/src/main/scala/kafka/server/ReplicaManager.scala`);
+//! - a denied topic by id (v13+): its id becomes an id no topic has (UNKNOWN_TOPIC_ID);
+//! - a partition refused by a produce constraint seen in its first batch header (size,
+//!   compression): its partition index becomes a negative index no partition has. The index
+//!   precedes the batch, so the session keeps the few bytes from the index to the end of the
+//!   batch header back (a *mark*) until the decision is made.
+//!
+//! The decisions are the same as [`crate::enforce`]'s whole-request ones (same rules, notes
+//! and error codes); the session applies the edits with Envoy's drain-and-prepend, which
+//! copies only the bytes in front of the edit in the current buffer, and only on denial.
+
+use std::rc::Rc;
+
+use crate::config::Config;
+use crate::enforce::{
+    Note, Outcome, CLUSTER_AUTHORIZATION_FAILED, INVALID_REQUIRED_ACKS, RECORD_LIST_TOO_LARGE,
+    TOPIC_AUTHORIZATION_FAILED, TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+    UNSUPPORTED_COMPRESSION_TYPE,
+};
+use crate::policy::{AcksValue, Codec, Identity, Mode, OnDeny, Operation, Policy, Question};
+use crate::walk::{Batch, Event, F};
+
+/// Characters that never appear in a Kafka topic name: a neutralised name can neither be
+/// an existing topic nor be created.
+const NEUTRAL_ALPHABET: &[u8] = b"!#$%&()*+,/:;<=>?@[]^`{|}~";
+/// Neutralised partition indexes count down from here (Kafka partitions are >= 0).
+const NEUTRAL_PARTITION_BASE: i32 = -1_000_000;
+/// Neutralised topic ids: this prefix then a counter (ids are random v4 UUIDs).
+const NEUTRAL_ID_PREFIX: &[u8; 8] = b"kmf-deny";
+/// Most neutralised parts one request may carry (each is remembered until its response).
+pub const MAX_NEUTRAL: usize = 4096;
+
+/// Which bytes an edit overwrites.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The last `data.len()` bytes of the step that emitted the event.
+    LastField,
+    /// The bytes at the mark set earlier.
+    Mark,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Edit {
+    pub target: Target,
+    pub data: Vec<u8>,
+}
+
+/// What the guard wants done with the mark after the current step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MarkOp {
+    #[default]
+    Keep,
+    /// Set it at the start of the last `n` bytes of the step.
+    Set(usize),
+    Clear,
+}
+
+/// How the collector should see an event the guard changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    Same,
+    /// An error code replaced by this one.
+    Code(i16),
+    /// A topic name restored: the `n`th neutralised topic's original.
+    Topic(usize),
+    /// Not counted (a denied topic's records never reach the broker).
+    Hidden,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct NeutralTopic {
+    /// The neutral name (v3-12) or id (v13+) the broker sees.
+    neutral: Vec<u8>,
+    original: Vec<u8>,
+    code: i16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct NeutralPartition {
+    /// The topic's name or id as the broker sees it.
+    topic: Vec<u8>,
+    neutral: i32,
+    original: i32,
+    code: i16,
+}
+
+/// What a Produce response needs put right: carried with the in-flight request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Restore {
+    topics: Vec<NeutralTopic>,
+    partitions: Vec<NeutralPartition>,
+}
+
+impl Restore {
+    pub fn is_empty(&self) -> bool {
+        self.topics.is_empty() && self.partitions.is_empty()
+    }
+    fn len(&self) -> usize {
+        self.topics.len() + self.partitions.len()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TopicState {
+    Open,
+    /// Every partition of the topic is refused with this code (already neutralised).
+    Denied,
+    /// Allowed, with batch constraints of rule `rule` to check in each partition.
+    Constrained {
+        rule: usize,
+    },
+}
+
+/// The request side: decides and neutralises as the Produce request's fields go by.
+#[derive(Debug)]
+pub struct ProduceGuard {
+    cfg: Rc<Config>,
+    id: Identity,
+    by_id: bool,
+    forced: Option<i16>,
+    acks: i16,
+    /// The current topic as the broker will see it (neutral or original).
+    topic_wire: Vec<u8>,
+    topic_name: String,
+    state: TopicState,
+    topic_denied_any: bool,
+    partition: Option<i32>,
+    batches: u32,
+    restore: Restore,
+    pending: Vec<Edit>,
+    mark: MarkOp,
+    notes: Vec<Note>,
+    close: Option<String>,
+}
+
+impl ProduceGuard {
+    /// `None` when the policy cannot deny anything in this client's Produce requests.
+    pub fn new(cfg: Rc<Config>, id: Identity, version: i16) -> Option<ProduceGuard> {
+        let policy = cfg.compiled_policy.as_ref()?;
+        let api_denied = !policy.decide(&id, Question::Api(crate::api::PRODUCE)).allow;
+        let need = api_denied
+            || policy.may_deny_topics(&id, Operation::Produce)
+            || policy.rules.iter().any(|r| r.has_transactional_ids());
+        if !need {
+            return None;
+        }
+        let mut g = ProduceGuard {
+            cfg: cfg.clone(),
+            id,
+            by_id: version >= 13,
+            forced: None,
+            acks: -1,
+            topic_wire: Vec::new(),
+            topic_name: String::new(),
+            state: TopicState::Open,
+            topic_denied_any: false,
+            partition: None,
+            batches: 0,
+            restore: Restore::default(),
+            pending: Vec::new(),
+            mark: MarkOp::Keep,
+            notes: Vec::new(),
+            close: None,
+        };
+        if api_denied {
+            let d = policy.decide(&g.id, Question::Api(crate::api::PRODUCE));
+            let rule = policy.rule_name(d).to_string();
+            if !g.record(
+                false,
+                rule,
+                "api produce".into(),
+                CLUSTER_AUTHORIZATION_FAILED,
+            ) {
+                g.forced = Some(CLUSTER_AUTHORIZATION_FAILED);
+            }
+        }
+        Some(g)
+    }
+
+    fn policy(&self) -> Option<&Policy> {
+        self.cfg.compiled_policy.as_ref()
+    }
+
+    /// Record a decision; whether the part goes through (audit: always).
+    fn record(&mut self, allow: bool, rule: String, what: String, code: i16) -> bool {
+        let audit = self.policy().is_some_and(|p| p.mode == Mode::Audit);
+        let outcome = match (allow, audit) {
+            (true, _) => Outcome::Allow,
+            (false, true) => Outcome::WouldDeny,
+            (false, false) => Outcome::Deny,
+        };
+        if outcome == Outcome::Deny
+            && self.policy().is_some_and(|p| p.on_deny == OnDeny::Close)
+            && self.close.is_none()
+        {
+            self.close = Some("denied request with onDeny: close".to_string());
+        }
+        self.notes.push(Note {
+            rule,
+            outcome,
+            what,
+            code: if outcome == Outcome::Deny { code } else { 0 },
+        });
+        outcome != Outcome::Deny
+    }
+
+    /// One walk event, before the collector sees it.
+    pub fn on_event(
+        &mut self,
+        ev: &Event<'_>,
+        names: &mut dyn FnMut(&[u8; 16]) -> Option<String>,
+    ) -> Seen {
+        match *ev {
+            Event::Str(F::TransactionalId, Some(t)) if self.forced.is_none() => {
+                let t = String::from_utf8_lossy(t).into_owned();
+                if let Some(p) = self.policy() {
+                    let d = p.decide(&self.id, Question::TransactionalId(&t));
+                    let rule = p.rule_name(d).to_string();
+                    if !self.record(
+                        d.allow,
+                        rule,
+                        format!("transactional id {t}"),
+                        TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+                    ) {
+                        self.forced = Some(TRANSACTIONAL_ID_AUTHORIZATION_FAILED);
+                    }
+                }
+                Seen::Same
+            }
+            Event::Int(F::Acks, a) => {
+                self.acks = i16::try_from(a).unwrap_or(-1);
+                Seen::Same
+            }
+            Event::Begin(F::Topics) => {
+                self.state = TopicState::Open;
+                self.topic_denied_any = false;
+                self.topic_name.clear();
+                self.topic_wire.clear();
+                Seen::Same
+            }
+            Event::Str(F::Topic, name) if !self.by_id => {
+                let name = name.unwrap_or(&[]);
+                self.topic_wire = name.to_vec();
+                self.topic_name = String::from_utf8_lossy(name).into_owned();
+                let code = self.topic_code(None);
+                self.deny_topic(code, name.len())
+            }
+            Event::Uuid(F::TopicId, id) if self.by_id => {
+                self.topic_wire = id.to_vec();
+                let known = names(&id);
+                self.topic_name = known.clone().unwrap_or_else(|| crate::collect::hex(&id));
+                let code = self.topic_code(Some(known.is_some()));
+                self.deny_topic(code, 16)
+            }
+            Event::Begin(F::Partitions) => {
+                self.partition = None;
+                self.batches = 0;
+                if self.state == TopicState::Denied {
+                    Seen::Hidden
+                } else {
+                    Seen::Same
+                }
+            }
+            Event::Int(F::Partition, p) => {
+                self.partition = i32::try_from(p).ok();
+                if matches!(self.state, TopicState::Constrained { .. }) {
+                    self.mark = MarkOp::Set(4);
+                }
+                Seen::Same
+            }
+            Event::Int(F::Records, 0) => {
+                if matches!(self.state, TopicState::Constrained { .. }) {
+                    self.mark = MarkOp::Clear; // no batch: nothing to check
+                }
+                Seen::Same
+            }
+            Event::Batch(b) => {
+                if let TopicState::Constrained { rule } = self.state {
+                    self.batch(rule, &b);
+                }
+                if self.state == TopicState::Denied {
+                    Seen::Hidden
+                } else {
+                    Seen::Same
+                }
+            }
+            Event::End(F::Partitions) => {
+                if matches!(self.state, TopicState::Constrained { .. }) {
+                    self.mark = MarkOp::Clear;
+                }
+                Seen::Same
+            }
+            Event::End(F::Topics) => {
+                if let TopicState::Constrained { rule } = self.state {
+                    if !self.topic_denied_any {
+                        let rule = self.rule_name(rule);
+                        let what = format!("produce {}", self.topic_name);
+                        self.record(true, rule, what, 0);
+                    }
+                }
+                if self.state == TopicState::Denied {
+                    Seen::Hidden
+                } else {
+                    Seen::Same
+                }
+            }
+            _ => {
+                if self.state == TopicState::Denied
+                    && matches!(ev, Event::Int(F::Records, _) | Event::Int(F::Partition, _))
+                {
+                    Seen::Hidden
+                } else {
+                    Seen::Same
+                }
+            }
+        }
+    }
+
+    fn rule_name(&self, rule: usize) -> String {
+        self.policy()
+            .and_then(|p| p.rules.get(rule))
+            .map_or_else(|| "default".to_string(), |r| r.name.clone())
+    }
+
+    /// The error code for the current topic (0: allowed, maybe with batch constraints).
+    /// `known`: for a topic id, whether it has a name.
+    fn topic_code(&mut self, known: Option<bool>) -> i16 {
+        if let Some(c) = self.forced {
+            return c;
+        }
+        let cfg = self.cfg.clone();
+        let Some(policy) = cfg.compiled_policy.as_ref() else {
+            return 0;
+        };
+        if known == Some(false) {
+            // A topic id nobody has named yet: deny if any deny could apply (unless configured
+            // otherwise), as the whole-request path does.
+            let could_deny = policy.may_deny_topics(&self.id, Operation::Produce);
+            let allow = !could_deny || policy.unknown_topic_ids == crate::policy::Action::Allow;
+            let what = format!("produce topic id {}", self.topic_name);
+            let pass = self.record(
+                allow,
+                "unknownTopicIds".into(),
+                what,
+                TOPIC_AUTHORIZATION_FAILED,
+            );
+            return if pass { 0 } else { TOPIC_AUTHORIZATION_FAILED };
+        }
+        let name = self.topic_name.clone();
+        let d = policy.decide(&self.id, Question::Topic(Operation::Produce, &name));
+        let rule = policy.rule_name(d).to_string();
+        if !d.allow {
+            let pass = self.record(
+                false,
+                rule,
+                format!("produce {name}"),
+                TOPIC_AUTHORIZATION_FAILED,
+            );
+            return if pass { 0 } else { TOPIC_AUTHORIZATION_FAILED };
+        }
+        let Some((idx, c)) = d
+            .rule
+            .and_then(|i| policy.rules.get(i).map(|r| (i, r)))
+            .and_then(|(i, r)| r.produce.as_ref().map(|c| (i, c)))
+        else {
+            self.record(true, rule, format!("produce {name}"), 0);
+            return 0;
+        };
+        let acks = self.acks;
+        let acks_ok = c.acks.is_empty()
+            || c.acks.iter().any(|a| match a {
+                AcksValue::Num(v) => *v == acks,
+                AcksValue::Name(_) => acks == -1,
+            });
+        if !acks_ok {
+            let what = format!("produce {name} with acks={acks}");
+            let pass = self.record(false, rule, what, INVALID_REQUIRED_ACKS);
+            return if pass { 0 } else { INVALID_REQUIRED_ACKS };
+        }
+        if c.max_batch_bytes.is_some() || !c.compression.is_empty() {
+            self.state = TopicState::Constrained { rule: idx };
+        } else {
+            self.record(true, rule, format!("produce {name}"), 0);
+        }
+        0
+    }
+
+    /// Neutralise the current topic's name or id (the last `len` bytes of the step).
+    fn deny_topic(&mut self, code: i16, len: usize) -> Seen {
+        if code == 0 {
+            return Seen::Same;
+        }
+        self.state = TopicState::Denied;
+        if !self.room() {
+            return Seen::Hidden;
+        }
+        let k = self.restore.len();
+        let neutral = if self.by_id {
+            neutral_id(k).to_vec()
+        } else {
+            match neutral_name(k, len) {
+                Some(n) => n,
+                None => {
+                    self.close = Some(format!(
+                        "cannot neutralise denied topic '{}': too many denied topics of that name length in one request",
+                        self.topic_name
+                    ));
+                    return Seen::Hidden;
+                }
+            }
+        };
+        self.pending.push(Edit {
+            target: Target::LastField,
+            data: neutral.clone(),
+        });
+        self.restore.topics.push(NeutralTopic {
+            neutral: neutral.clone(),
+            original: std::mem::replace(&mut self.topic_wire, neutral),
+            code,
+        });
+        Seen::Hidden
+    }
+
+    fn room(&mut self) -> bool {
+        if self.restore.len() >= MAX_NEUTRAL {
+            self.close = Some(format!(
+                "more than {MAX_NEUTRAL} denied parts in one produce request"
+            ));
+            return false;
+        }
+        true
+    }
+
+    /// A batch header of a constrained topic's partition.
+    fn batch(&mut self, rule: usize, b: &Batch) {
+        self.batches += 1;
+        let Some(c) = self
+            .policy()
+            .and_then(|p| p.rules.get(rule))
+            .and_then(|r| r.produce.clone())
+        else {
+            return;
+        };
+        let name = self.topic_name.clone();
+        let what = |why: String| format!("produce {name}: {why}");
+        let violation = if c.max_batch_bytes.is_some_and(|m| b.bytes > u64::from(m)) {
+            Some((
+                what(format!("batch of {} bytes", b.bytes)),
+                RECORD_LIST_TOO_LARGE,
+            ))
+        } else {
+            let codec = Codec::from_attributes(b.attributes);
+            (b.magic == 2
+                && !c.compression.is_empty()
+                && !codec.is_some_and(|x| c.compression.contains(&x)))
+            .then(|| {
+                (
+                    what(format!("compression {codec:?}")),
+                    UNSUPPORTED_COMPRESSION_TYPE,
+                )
+            })
+        };
+        let first = self.batches == 1;
+        if let Some((what, code)) = violation {
+            let rule_name = self.rule_name(rule);
+            if !self.record(false, rule_name, what, code) {
+                self.topic_denied_any = true;
+                match (first, self.partition) {
+                    (true, Some(original)) if self.room() => {
+                        let k = self.restore.len();
+                        let neutral = NEUTRAL_PARTITION_BASE.saturating_sub(k as i32);
+                        self.pending.push(Edit {
+                            target: Target::Mark,
+                            data: neutral.to_be_bytes().to_vec(),
+                        });
+                        self.restore.partitions.push(NeutralPartition {
+                            topic: self.topic_wire.clone(),
+                            neutral,
+                            original,
+                            code,
+                        });
+                    }
+                    (true, _) => {}
+                    (false, _) => {
+                        // Clients send one batch per partition; a later one's partition index
+                        // has already gone to the broker and cannot be neutralised any more.
+                        self.close = Some(format!(
+                            "produce {name}: a later record batch of a partition breaks a produce constraint"
+                        ));
+                    }
+                }
+            }
+        }
+        if first {
+            self.mark = MarkOp::Clear;
+        }
+    }
+
+    /// Edits to apply after the current step.
+    pub fn take_edits(&mut self) -> Vec<Edit> {
+        std::mem::take(&mut self.pending)
+    }
+    pub fn take_mark(&mut self) -> MarkOp {
+        std::mem::take(&mut self.mark)
+    }
+    pub fn take_notes(&mut self) -> Vec<Note> {
+        std::mem::take(&mut self.notes)
+    }
+    pub fn close_reason(&mut self) -> Option<String> {
+        self.close.take()
+    }
+    /// What the response will need, once the request has been walked.
+    pub fn into_restore(self) -> Restore {
+        self.restore
+    }
+}
+
+/// The response side: puts back what the request's guard neutralised.
+#[derive(Debug)]
+pub struct RestoreGuard {
+    restore: Restore,
+    /// The current topic: its index in `restore.topics`, if neutralised.
+    topic: Option<usize>,
+    /// The current topic as the broker named it.
+    wire: Vec<u8>,
+    code: Option<i16>,
+    pending: Vec<Edit>,
+}
+
+impl RestoreGuard {
+    pub fn new(restore: Restore) -> Self {
+        RestoreGuard {
+            restore,
+            topic: None,
+            wire: Vec::new(),
+            code: None,
+            pending: Vec::new(),
+        }
+    }
+
+    pub fn original(&self, i: usize) -> &[u8] {
+        self.restore
+            .topics
+            .get(i)
+            .map_or(&[][..], |t| t.original.as_slice())
+    }
+
+    pub fn on_event(&mut self, ev: &Event<'_>) -> Seen {
+        match *ev {
+            Event::Begin(F::Topics) => {
+                self.topic = None;
+                self.wire.clear();
+                Seen::Same
+            }
+            Event::Str(F::Topic, Some(name)) => self.topic_seen(name),
+            Event::Uuid(F::TopicId, id) => self.topic_seen(&id),
+            Event::Begin(F::Partitions) => {
+                self.code = self
+                    .topic
+                    .and_then(|i| self.restore.topics.get(i))
+                    .map(|t| t.code);
+                Seen::Same
+            }
+            Event::Int(F::Partition, p) => {
+                if self.topic.is_none() {
+                    let p = i32::try_from(p).unwrap_or(0);
+                    if let Some(np) = self
+                        .restore
+                        .partitions
+                        .iter()
+                        .find(|np| np.neutral == p && np.topic == self.wire)
+                    {
+                        self.code = Some(np.code);
+                        self.pending.push(Edit {
+                            target: Target::LastField,
+                            data: np.original.to_be_bytes().to_vec(),
+                        });
+                    }
+                }
+                Seen::Same
+            }
+            Event::Int(F::ErrorCode, _) => match self.code {
+                Some(c) => {
+                    self.pending.push(Edit {
+                        target: Target::LastField,
+                        data: c.to_be_bytes().to_vec(),
+                    });
+                    Seen::Code(c)
+                }
+                None => Seen::Same,
+            },
+            Event::End(F::Partitions) => {
+                if self.topic.is_none() {
+                    self.code = None;
+                }
+                Seen::Same
+            }
+            _ => Seen::Same,
+        }
+    }
+
+    fn topic_seen(&mut self, wire: &[u8]) -> Seen {
+        self.wire = wire.to_vec();
+        self.topic = self.restore.topics.iter().position(|t| t.neutral == wire);
+        match self.topic {
+            Some(i) => {
+                let original = self.original(i).to_vec();
+                self.pending.push(Edit {
+                    target: Target::LastField,
+                    data: original,
+                });
+                Seen::Topic(i)
+            }
+            None => Seen::Same,
+        }
+    }
+
+    pub fn take_edits(&mut self) -> Vec<Edit> {
+        std::mem::take(&mut self.pending)
+    }
+}
+
+/// The `k`th neutral name of `len` bytes: `k` in base |alphabet|, left-padded. `None` when
+/// `len` is too short to tell `k` apart (or zero).
+pub fn neutral_name(k: usize, len: usize) -> Option<Vec<u8>> {
+    if len == 0 {
+        return None;
+    }
+    let base = NEUTRAL_ALPHABET.len();
+    let pad = *NEUTRAL_ALPHABET.first()?;
+    let mut out = vec![pad; len];
+    let mut v = k;
+    for slot in out.iter_mut().rev() {
+        *slot = *NEUTRAL_ALPHABET.get(v % base)?;
+        v /= base;
+        if v == 0 {
+            break;
+        }
+    }
+    (v == 0).then_some(out)
+}
+
+pub fn neutral_id(k: usize) -> [u8; 16] {
+    let mut id = [0u8; 16];
+    if let Some(p) = id.get_mut(..8) {
+        p.copy_from_slice(NEUTRAL_ID_PREFIX);
+    }
+    if let Some(p) = id.get_mut(8..) {
+        p.copy_from_slice(&(k as u64).to_be_bytes());
+    }
+    id
+}
