@@ -587,14 +587,26 @@ fn policy_rewrites_and_probes_through_the_wasm() {
         ));
         let (fwd, _, closed) = feed(&mut vm, id, Dir::Downstream, &reqs, chunk);
         assert!(!closed);
-        // what the broker got: the produce without payments, then an ApiVersions v0 probe
+        // what the broker got: the produce of the same size with payments neutralised (a
+        // name no topic can have, a producer id no broker issued), then an ApiVersions probe
         let n1 = i32::from_be_bytes(fwd[..4].try_into().unwrap()) as usize;
+        assert_eq!(n1 + 4, req(0, 9, 1, &produce).len());
         let mut b = bytes::Bytes::copy_from_slice(&fwd[4..4 + n1]);
         let h = RequestHeader::decode(&mut b, 2).unwrap(); // Produce v9: header v2
         assert_eq!((h.request_api_key, h.correlation_id), (0, 1));
         let p = ProduceRequest::decode(&mut b, 9).unwrap();
-        assert_eq!(p.topic_data.len(), 1);
+        assert_eq!(p.topic_data.len(), 2);
         assert_eq!(p.topic_data[0].name.0.as_str(), "orders.eu");
+        let neutral = p.topic_data[1].name.0.to_string();
+        assert_eq!(
+            neutral, "!!!!!!!!",
+            "same length, only characters no topic name has"
+        );
+        let denied_batch = p.topic_data[1].partition_data[0].records.clone().unwrap();
+        assert_eq!(
+            &denied_batch[43..51],
+            &0x7fff_ffff_0000_0001i64.to_be_bytes()
+        );
         let probe = &fwd[4 + n1..];
         assert_eq!(&probe[4..8], &[0, 18, 0, 0], "ApiVersions v0");
         assert_eq!(&probe[8..12], &2i32.to_be_bytes());
@@ -607,6 +619,14 @@ fn policy_rewrites_and_probes_through_the_wasm() {
                     .with_name(TopicName(StrBytes::from_static_str("orders.eu")))
                     .with_partition_responses(vec![
                         produce_response::PartitionProduceResponse::default().with_base_offset(7),
+                    ]),
+                // Kafka: UNKNOWN_TOPIC_OR_PARTITION; tansu: UNKNOWN_PRODUCER_ID
+                produce_response::TopicProduceResponse::default()
+                    .with_name(TopicName(StrBytes::from(neutral.clone())))
+                    .with_partition_responses(vec![
+                        produce_response::PartitionProduceResponse::default()
+                            .with_error_code(3)
+                            .with_base_offset(-1),
                     ]),
             ]),
         );

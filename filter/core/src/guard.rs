@@ -41,6 +41,11 @@ const NEUTRAL_ALPHABET: &[u8] = b"!#$%&()*+,/:;<=>?@[]^`{|}~";
 const NEUTRAL_PARTITION_BASE: i32 = -1_000_000;
 /// Neutralised topic ids: this prefix then a counter (ids are random v4 UUIDs).
 const NEUTRAL_ID_PREFIX: &[u8; 8] = b"kmf-deny";
+/// The producer id a neutralised batch carries: far above any id a broker hands out.
+const NEUTRAL_PRODUCER_ID: i64 = 0x7fff_ffff_0000_0001;
+/// A v2 record batch header (KIP-98) and where its producer id starts.
+const BATCH_HEADER_BYTES: u64 = 61;
+const PRODUCER_ID_OFFSET: usize = 43;
 /// Most neutralised parts one request may carry (each is remembered until its response).
 pub const MAX_NEUTRAL: usize = 4096;
 
@@ -51,6 +56,8 @@ pub enum Target {
     LastField,
     /// The bytes at the mark set earlier.
     Mark,
+    /// `n` bytes before the end of the step.
+    Back(usize),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -293,6 +300,7 @@ impl ProduceGuard {
                     self.batch(rule, &b);
                 }
                 if self.state == TopicState::Denied {
+                    self.neutralise_batch(&b);
                     Seen::Hidden
                 } else {
                     Seen::Same
@@ -487,6 +495,7 @@ impl ProduceGuard {
                             target: Target::Mark,
                             data: neutral.to_be_bytes().to_vec(),
                         });
+                        self.neutralise_batch(b);
                         self.restore.partitions.push(NeutralPartition {
                             topic: self.topic_wire.clone(),
                             neutral,
@@ -508,6 +517,30 @@ impl ProduceGuard {
         if first {
             self.mark = MarkOp::Clear;
         }
+    }
+
+    /// The second half of every neutralisation, for brokers that store what Kafka would
+    /// refuse: tansu 0.6 writes a Produce to any name, any partition index and any batch
+    /// (CRC and magic unchecked), but refuses a batch whose producer id it never issued with
+    /// UNKNOWN_PRODUCER_ID before storing anything (tansu `dynostore.rs`; checked against the
+    /// tansu binary by the e2e tests). So the batch header's producer id, epoch and base
+    /// sequence become an id no broker has issued (producer ids are handed out upwards from
+    /// 0) and sequence 0. Kafka never reads them: it refuses the part on its name or index
+    /// first (`KafkaApis.handleProduceRequest`), and the batch's CRC no longer matches
+    /// anyway (CORRUPT_MESSAGE).
+    fn neutralise_batch(&mut self, b: &Batch) {
+        if b.magic != 2 || b.bytes < BATCH_HEADER_BYTES {
+            return; // a legacy or partial batch: the name or index change alone
+        }
+        let mut data = Vec::with_capacity(14);
+        data.extend_from_slice(&NEUTRAL_PRODUCER_ID.to_be_bytes());
+        data.extend_from_slice(&0i16.to_be_bytes()); // producer epoch
+        data.extend_from_slice(&0i32.to_be_bytes()); // base sequence
+        self.pending.push(Edit {
+            // producerId starts at byte 43 of the 61-byte header the step ended with
+            target: Target::Back(BATCH_HEADER_BYTES as usize - PRODUCER_ID_OFFSET),
+            data,
+        });
     }
 
     /// Edits to apply after the current step.
@@ -539,7 +572,16 @@ pub struct RestoreGuard {
     wire: Vec<u8>,
     code: Option<i16>,
     pending: Vec<Edit>,
+    /// Hide the response's KIP-951 `NodeEndpoints` (see [`RestoreGuard::hiding_endpoints`]).
+    hide_endpoints: bool,
+    hidden: u32,
 }
+
+/// The top-level tag of KIP-951 `NodeEndpoints` in Produce (v10+) and Fetch (v16+) responses.
+pub const NODE_ENDPOINTS_TAG: u32 = 0;
+/// What a hidden `NodeEndpoints` tag becomes: a one-byte tag no Produce or Fetch response
+/// version defines, which clients skip as an unknown tagged field (KIP-482).
+pub const HIDDEN_TAG: u8 = 0x7f;
 
 impl RestoreGuard {
     pub fn new(restore: Restore) -> Self {
@@ -549,7 +591,24 @@ impl RestoreGuard {
             wire: Vec::new(),
             code: None,
             pending: Vec::new(),
+            hide_endpoints: false,
+            hidden: 0,
         }
+    }
+
+    /// Also hide `NodeEndpoints` from the client. Used where broker addresses are rewritten
+    /// but the response is too large to hold whole: a rewritten endpoint list would change
+    /// the frame's size, which has already gone on, while renaming the tag keeps every byte
+    /// count. The client then finds the new leader through a Metadata request, whose answer
+    /// is rewritten - what clients did before KIP-951.
+    pub fn hiding_endpoints(mut self) -> Self {
+        self.hide_endpoints = true;
+        self
+    }
+
+    /// How many `NodeEndpoints` fields were hidden.
+    pub fn hidden(&self) -> u32 {
+        self.hidden
     }
 
     pub fn original(&self, i: usize) -> &[u8] {
@@ -606,6 +665,20 @@ impl RestoreGuard {
             Event::End(F::Partitions) => {
                 if self.topic.is_none() {
                     self.code = None;
+                }
+                Seen::Same
+            }
+            Event::Tag { tag, size, len } if self.hide_endpoints && tag == NODE_ENDPOINTS_TAG => {
+                // The tag varint (one byte for tag 0) leads the step's `len` bytes; the size
+                // varint after it is kept as it is.
+                let mut data = vec![HIDDEN_TAG];
+                crate::reader::put_uvarint(&mut data, size);
+                if data.len() == len {
+                    self.pending.push(Edit {
+                        target: Target::LastField,
+                        data,
+                    });
+                    self.hidden += 1;
                 }
                 Seen::Same
             }

@@ -374,6 +374,40 @@ fn kafka_refuses(v: i16, t: &produce_request::TopicProduceData, index: i32) -> O
     (index < 0).then_some(3)
 }
 
+/// What tansu 0.6 refuses (it writes any name, index, CRC or magic): a batch whose producer
+/// id it never issued and whose base sequence is not -1 (UNKNOWN_PRODUCER_ID).
+fn tansu_refuses(p: &produce_request::PartitionProduceData) -> bool {
+    let Some(r) = p.records.as_ref() else {
+        return false;
+    };
+    if r.len() < 61 || r[16] != 2 {
+        return false;
+    }
+    let pid = i64::from_be_bytes(r[43..51].try_into().unwrap());
+    let seq = i32::from_be_bytes(r[53..57].try_into().unwrap());
+    pid == 0x7fff_ffff_0000_0001 && seq != -1
+}
+
+/// (topic, partition) of every partition with records that tansu would write.
+fn tansu_written(seen: &[(i16, i16, RequestHeader, Bytes)]) -> Vec<(String, i32)> {
+    let mut out = Vec::new();
+    for (key, v, _, body) in seen {
+        if *key != 0 {
+            continue;
+        }
+        let r = ProduceRequest::decode(&mut body.clone(), *v).unwrap();
+        for t in &r.topic_data {
+            for p in &t.partition_data {
+                if !tansu_refuses(p) && p.records.as_ref().is_some_and(|r| !r.is_empty()) {
+                    out.push((t.name.0.to_string(), p.index));
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 /// (topic name or id, partition) of every partition the fake broker wrote.
 fn written(
     seen: &[(i16, i16, RequestHeader, Bytes)],
@@ -1450,6 +1484,250 @@ fn acl_admin_apis_and_init_producer_id_answer_with_authorization_errors() {
                     assert_eq!(r.error_code, code, "v{v}");
                 }
             }
+        }
+    }
+}
+
+/// A Fetch request of about 6 KiB that the policy rewrites (payments is denied): held whole.
+fn big_fetch(corr: i32) -> Vec<u8> {
+    let req = FetchRequest::default().with_topics(vec![
+        fetch_request::FetchTopic::default()
+            .with_topic(name("orders.eu"))
+            .with_partitions(
+                (0..200)
+                    .map(|p| fetch_request::FetchPartition::default().with_partition(p))
+                    .collect(),
+            ),
+        fetch_request::FetchTopic::default()
+            .with_topic(name("payments"))
+            .with_partitions(vec![fetch_request::FetchPartition::default()]),
+    ]);
+    encode_request(&hdr(1, 12, corr, "reader"), &req, 12)
+}
+
+#[test]
+fn pipelined_held_requests_never_wait_for_the_next_one() {
+    // librdkafka pipelines: the buffer may never end on a frame boundary. Every held request
+    // must go on in the callback that completes it, whatever follows it.
+    let c = cfg(POLICY);
+    let reqs: Vec<Vec<u8>> = (1..=6).map(big_fetch).collect();
+    for lead in [1, 3, 4, 40, 500, 5000] {
+        let mut s = Session::new(c.clone());
+        let mut obs = Obs::default();
+        let chunks = pipelined_cuts(&reqs, lead);
+        let (p, steps) = pump_traced(
+            &mut s,
+            Direction::Request,
+            chunks.iter().map(|c| &c[..]),
+            &mut obs,
+        );
+        assert!(!p.closed, "{:?}", obs.malformed);
+        for (k, st) in steps.iter().enumerate() {
+            let sent = frames(&p.out[..st.out]);
+            assert_eq!(sent.len(), k + 1, "lead {lead}: after callback {k}");
+            if st.verdict == Verdict::Pause {
+                assert!(st.buffered <= 4096, "paused on {} bytes", st.buffered);
+            }
+        }
+        let (resps, seen) = broker(&p.out);
+        assert_eq!(seen.len(), 6);
+        for (_, _, h, body) in &seen {
+            let r = FetchRequest::decode(&mut body.clone(), 12).unwrap();
+            assert_eq!(r.topics.len(), 1, "corr {}", h.correlation_id);
+        }
+        // and the answers, pipelined the same way, come back with the denial spliced in
+        let answers: Vec<Vec<u8>> = {
+            let mut v = Vec::new();
+            let mut at = 0;
+            while at < resps.len() {
+                let n = i32::from_be_bytes(resps[at..at + 4].try_into().unwrap()) as usize;
+                v.push(resps[at..at + 4 + n].to_vec());
+                at += 4 + n;
+            }
+            v
+        };
+        let chunks = pipelined_cuts(&answers, lead.min(7));
+        let (q, _) = pump_traced(
+            &mut s,
+            Direction::Response,
+            chunks.iter().map(|c| &c[..]),
+            &mut obs,
+        );
+        assert!(!q.closed, "{:?}", obs.malformed);
+        let back = frames(&q.out);
+        assert_eq!(back.len(), 6);
+        for f in back {
+            let (_, r): (i32, FetchResponse) = decode_resp(f, 12);
+            assert_eq!(r.responses.len(), 2);
+        }
+        assert_eq!(s.inflight(), 0);
+    }
+}
+
+#[test]
+fn pipelined_probes_and_their_answers_never_wait_for_the_next_one() {
+    // Heartbeats for a denied group become ApiVersions probes; their answers are replaced.
+    let c = cfg(POLICY);
+    let hb = |corr, member: usize| {
+        encode_request(
+            &hdr(12, 4, corr, "reader"),
+            &HeartbeatRequest::default()
+                .with_group_id(GroupId(StrBytes::from_static_str("intruders")))
+                .with_member_id(StrBytes::from_string("m".repeat(member))),
+            4,
+        )
+    };
+    for member in [300, 6000] {
+        let reqs: Vec<Vec<u8>> = (1..=5).map(|c| hb(c, member)).collect();
+        for lead in [1, 5, 100] {
+            let mut s = Session::new(c.clone());
+            let mut obs = Obs::default();
+            let chunks = pipelined_cuts(&reqs, lead);
+            let (p, steps) = pump_traced(
+                &mut s,
+                Direction::Request,
+                chunks.iter().map(|c| &c[..]),
+                &mut obs,
+            );
+            assert!(!p.closed, "{:?}", obs.malformed);
+            for (k, st) in steps.iter().enumerate() {
+                // a small buffer may wait (at most 4 KiB, far below any Envoy buffer limit);
+                // a larger one never holds a finished request back
+                if st.verdict == Verdict::Pause {
+                    assert!(st.buffered <= 4096, "paused on {} bytes", st.buffered);
+                } else {
+                    assert_eq!(
+                        frames(&p.out[..st.out]).len(),
+                        k + 1,
+                        "lead {lead} callback {k}"
+                    );
+                }
+            }
+            let (resps, seen) = broker(&p.out);
+            assert!(
+                seen.iter().all(|(k, ..)| *k == 18),
+                "only probes reach the broker"
+            );
+            let q = pump(
+                &mut s,
+                Direction::Response,
+                resps.chunks(3),
+                false,
+                &mut obs,
+            );
+            let back = frames(&q.out);
+            assert_eq!(back.len(), 5);
+            for f in back {
+                let (_, r): (i32, HeartbeatResponse) = decode_resp(f, 4);
+                assert_eq!(r.error_code, 30);
+            }
+        }
+    }
+}
+
+/// A Produce request of about `parts` x `batch` bytes over the given topics.
+fn big_produce(corr: i32, topics: &[&'static str], parts: i32, batch_bytes: usize) -> Vec<u8> {
+    let req = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(1000)
+        .with_topic_data(
+            topics
+                .iter()
+                .map(|t| {
+                    produce_request::TopicProduceData::default()
+                        .with_name(name(t))
+                        .with_partition_data(
+                            (0..parts)
+                                .map(|p| {
+                                    produce_request::PartitionProduceData::default()
+                                        .with_index(p)
+                                        .with_records(Some(Bytes::from(batch(
+                                            10,
+                                            batch_bytes - 61,
+                                            0,
+                                        ))))
+                                })
+                                .collect(),
+                        )
+                })
+                .collect(),
+        );
+    encode_request(&hdr(0, 9, corr, "orders-a"), &req, 9)
+}
+
+#[test]
+fn megabyte_produce_requests_stream_under_a_policy_pipelined() {
+    // librdkafka's defaults: ~1 MB Produce requests, several in flight. Under a policy
+    // that denies nothing here, and one that denies a topic inside the same requests.
+    let c = cfg(POLICY);
+    let allowed = ["orders.eu", "orders.us", "orders.apac"];
+    let mixed = ["orders.eu", "payments", "orders.us"];
+    for topics in [allowed, mixed] {
+        let reqs: Vec<Vec<u8>> = (1..=3)
+            .map(|corr| big_produce(corr, &topics, 3, 110_000))
+            .collect();
+        let total: usize = reqs.iter().map(Vec::len).sum();
+        assert!(reqs[0].len() > 900_000);
+        let stream = reqs.concat();
+        for chunk in [16 * 1024, 64 * 1024, 1 << 20] {
+            let mut s = Session::new(c.clone());
+            let mut obs = Obs::default();
+            let (p, steps) =
+                pump_traced(&mut s, Direction::Request, stream.chunks(chunk), &mut obs);
+            assert!(!p.closed, "{:?}", obs.malformed);
+            assert_eq!(p.out.len(), total, "sizes never change");
+            for st in &steps {
+                if st.verdict == Verdict::Pause {
+                    assert!(st.buffered <= 4096);
+                }
+            }
+            let (resps, seen) = broker(&p.out);
+            let w = written(&seen, &HashMap::new());
+            let want: Vec<(String, i32)> = topics
+                .iter()
+                .filter(|t| t.starts_with("orders"))
+                .flat_map(|t| (0..3).map(move |p| (t.to_string(), p)))
+                .flat_map(|x| std::iter::repeat_n(x, 3))
+                .collect::<Vec<_>>();
+            let mut want = want;
+            want.sort();
+            assert_eq!(w, want, "chunk {chunk}");
+            assert_eq!(tansu_written(&seen), want, "tansu: chunk {chunk}");
+            let copied_pct = p.copied as f64 * 100.0 / total as f64;
+            if topics == allowed {
+                assert!(
+                    copied_pct < 0.5,
+                    "copied {copied_pct:.3}% with nothing denied"
+                );
+            } else {
+                // each denial edits in place (the name, then each batch's producer id): the
+                // bytes in front of an edit in its callback are copied once, never more
+                let edits = 3 * (1 + 3);
+                assert!(p.copied <= edits * chunk + 4096, "copied {}", p.copied);
+            }
+            let q = pump(
+                &mut s,
+                Direction::Response,
+                resps.chunks(5),
+                false,
+                &mut obs,
+            );
+            for f in frames(&q.out) {
+                let (_, r): (i32, ProduceResponse) = decode_resp(f, 9);
+                for t in &r.responses {
+                    for pr in &t.partition_responses {
+                        let code = if t.name.0.starts_with("orders") {
+                            0
+                        } else {
+                            29
+                        };
+                        assert_eq!(pr.error_code, code, "{}", t.name.0.as_str());
+                    }
+                }
+                let names: Vec<&str> = r.responses.iter().map(|t| t.name.0.as_str()).collect();
+                assert_eq!(names, topics.to_vec());
+            }
+            assert_eq!(s.inflight(), 0);
         }
     }
 }

@@ -375,3 +375,67 @@ pub fn rewrite_response(
     };
     Ok(changed.then_some(out))
 }
+
+/// The head of a Metadata response too large to hold whole: its `brokers` array comes first
+/// (after `throttle_time_ms`, v3+), so only that prefix is rewritten and the topics stream
+/// on. `head` is the response body from its start; `Ok(None)` when it does not reach the end
+/// of the brokers array yet; `Ok(Some((old_len, new_prefix)))` otherwise, where `new_prefix`
+/// replaces the first `old_len` bytes (it is the same bytes when nothing changes). Layout:
+/// Kafka's `MetadataResponse.json` (`Brokers`: NodeId, Host, Port, Rack v1+, tagged fields
+/// in flexible versions v9+).
+pub fn rewrite_metadata_head(
+    rw: &Rewriter,
+    version: i16,
+    head: &[u8],
+) -> DecodeResult<Option<(usize, Vec<u8>)>> {
+    let flexible = api::api_info(api::METADATA).is_some_and(|a| a.is_flexible(version));
+    let mut r = crate::reader::Reader::new(head);
+    let mut out = Vec::new();
+    let parsed = (|| -> DecodeResult<()> {
+        if version >= 3 {
+            out.extend_from_slice(r.take(4, "throttle_time_ms")?);
+        }
+        let n = if flexible {
+            let n = r.uvarint("brokers")?;
+            crate::reader::put_uvarint(&mut out, n);
+            n.saturating_sub(1)
+        } else {
+            let n = r.i32("brokers")?;
+            out.extend_from_slice(&n.to_be_bytes());
+            u32::try_from(n.max(0)).unwrap_or(0)
+        };
+        for _ in 0..n {
+            let node = r.i32("brokers.node_id")?;
+            let host = r.string_v(flexible, "brokers.host")?;
+            let port = r.i32("brokers.port")?;
+            let host = String::from_utf8_lossy(host).into_owned();
+            let (h, p) = rw.map(node, &host, port).unwrap_or((host, port));
+            out.extend_from_slice(&node.to_be_bytes());
+            put_string(&mut out, flexible, h.as_bytes());
+            out.extend_from_slice(&p.to_be_bytes());
+            let before = r.position();
+            if version >= 1 {
+                r.nullable_string_v(flexible, "brokers.rack")?;
+            }
+            if flexible {
+                r.skip_tagged_fields("brokers.tagged_fields")?;
+            }
+            out.extend_from_slice(head.get(before..r.position()).unwrap_or(&[]));
+        }
+        Ok(())
+    })();
+    match parsed {
+        Ok(()) => Ok(Some((r.position(), out))),
+        Err(e) if e.is_truncated() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn put_string(out: &mut Vec<u8>, flexible: bool, s: &[u8]) {
+    if flexible {
+        crate::reader::put_uvarint(out, u32::try_from(s.len()).unwrap_or(0).saturating_add(1));
+    } else {
+        out.extend_from_slice(&i16::try_from(s.len()).unwrap_or(i16::MAX).to_be_bytes());
+    }
+    out.extend_from_slice(s);
+}

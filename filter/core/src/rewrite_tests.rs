@@ -257,13 +257,89 @@ fn kip951_node_endpoints_in_produce_and_fetch() {
                         .collect(),
                 )
         };
+        // A Fetch response streams (its NodeEndpoints come after every record): the tag is
+        // renamed to one clients skip, every other byte is the broker's.
         let resp = encode_response(9, &r(&brokers()), v);
-        let want = encode_response(9, &r(&rewritten()), v);
-        assert_eq!(
-            through(&c, 1, v, &FetchRequest::default(), &resp, 7),
-            want,
-            "fetch v{v}"
-        );
+        for chunk in [1, 7, 1 << 20] {
+            let got = through(&c, 1, v, &FetchRequest::default(), &resp, chunk);
+            assert_eq!(got.len(), resp.len());
+            let diff: Vec<usize> = (0..got.len()).filter(|i| got[*i] != resp[*i]).collect();
+            assert_eq!(diff.len(), 1, "fetch v{v}: one byte changes");
+            assert_eq!(got[diff[0]], crate::guard::HIDDEN_TAG);
+            let (_, back): (i32, FetchResponse) = decode(&got, v);
+            assert!(back.node_endpoints.is_empty(), "fetch v{v}");
+            assert_eq!(back.responses, r(&brokers()).responses);
+        }
+    }
+}
+
+fn decode<T: Decodable + HeaderVersion>(frame: &[u8], v: i16) -> (i32, T) {
+    let mut b = Bytes::copy_from_slice(&frame[4..]);
+    let h = ResponseHeader::decode(&mut b, T::header_version(v)).unwrap();
+    (h.correlation_id, T::decode(&mut b, v).unwrap())
+}
+
+#[test]
+fn a_metadata_response_too_large_to_hold_gets_its_brokers_rewritten_and_streams() {
+    // 400 topics of 3 partitions: far over a 4 KiB maxBufferedFrameBytes.
+    let c = cfg(&TEMPLATE.replace(
+        r#"{"rewrite""#,
+        r#"{"maxBufferedFrameBytes": 4096, "rewrite""#,
+    ));
+    let big = |v: i16, b: &[(i32, String, i32)]| {
+        let mut m = metadata(v, b);
+        let t = m.topics[0].clone();
+        m.topics = (0..400)
+            .map(|i| {
+                t.clone()
+                    .with_name(Some(TopicName(s(&format!("topic-{i:04}")))))
+            })
+            .collect();
+        m
+    };
+    for v in 0..=13 {
+        let resp = encode_response(9, &big(v, &brokers()), v);
+        assert!(resp.len() > 4096);
+        let want = encode_response(9, &big(v, &rewritten()), v);
+        for chunk in [1, 7, 1000, 1 << 20] {
+            let got = through(&c, 3, v, &MetadataRequest::default(), &resp, chunk);
+            assert_eq!(got, want, "v{v} chunk {chunk}");
+        }
+    }
+}
+
+#[test]
+fn a_produce_response_too_large_to_hold_streams_with_its_node_endpoints_hidden() {
+    let c = cfg(&TEMPLATE.replace(
+        r#"{"rewrite""#,
+        r#"{"maxBufferedFrameBytes": 1024, "rewrite""#,
+    ));
+    let r = ProduceResponse::default()
+        .with_responses(
+            (0..100)
+                .map(|i| {
+                    produce_response::TopicProduceResponse::default()
+                        .with_name(TopicName(s(&format!("orders-{i}"))))
+                        .with_partition_responses(vec![
+                            produce_response::PartitionProduceResponse::default()
+                                .with_error_code(6),
+                        ])
+                })
+                .collect(),
+        )
+        .with_node_endpoints(vec![produce_response::NodeEndpoint::default()
+            .with_node_id(1.into())
+            .with_host(s("broker-1.internal"))
+            .with_port(9092)]);
+    let resp = encode_response(9, &r, 11);
+    assert!(resp.len() > 1024);
+    let req = ProduceRequest::default().with_acks(1);
+    for chunk in [1, 7, 1 << 20] {
+        let got = through(&c, 0, 11, &req, &resp, chunk);
+        assert_eq!(got.len(), resp.len());
+        let (_, back): (i32, ProduceResponse) = decode(&got, 11);
+        assert!(back.node_endpoints.is_empty());
+        assert_eq!(back.responses, r.responses);
     }
 }
 
@@ -385,4 +461,100 @@ fn policy_and_rewrite_together_on_one_metadata_response() {
             assert_eq!(got, want, "v{v}: secret hidden and brokers rewritten");
         }
     }
+}
+
+#[test]
+fn pipelined_metadata_responses_are_rewritten_without_waiting_for_the_next_one() {
+    // Five pipelined Metadata requests; their ~8 KiB answers are held whole to be rewritten
+    // and arrive so that no callback ends on a frame boundary.
+    let c = cfg(TEMPLATE);
+    let big = |v: i16, b: &[(i32, String, i32)]| {
+        let mut m = metadata(v, b);
+        let t = m.topics[0].clone();
+        m.topics = (0..150)
+            .map(|i| {
+                t.clone()
+                    .with_name(Some(TopicName(s(&format!("topic-{i:04}")))))
+            })
+            .collect();
+        m
+    };
+    let v = 12;
+    let mut reqs = Vec::new();
+    let mut resps = Vec::new();
+    let mut want = Vec::new();
+    for corr in 1..=5 {
+        let h = RequestHeader::default()
+            .with_request_api_key(3)
+            .with_request_api_version(v)
+            .with_correlation_id(corr)
+            .with_client_id(Some(s("rw")));
+        reqs.extend(encode_request(&h, &MetadataRequest::default(), v));
+        resps.push(encode_response(corr, &big(v, &brokers()), v));
+        want.push(encode_response(corr, &big(v, &rewritten()), v));
+    }
+    assert!(resps[0].len() > 4096);
+    for lead in [1, 2, 4, 9, 300, 5000] {
+        let mut sess = Session::new(c.clone());
+        let mut obs = Seen::default();
+        pump(&mut sess, Direction::Request, [&reqs[..]], false, &mut obs);
+        let chunks = pipelined_cuts(&resps, lead);
+        let (p, steps) = pump_traced(
+            &mut sess,
+            Direction::Response,
+            chunks.iter().map(|c| &c[..]),
+            &mut obs,
+        );
+        assert!(!p.closed, "{:?}", obs.0);
+        for (k, st) in steps.iter().enumerate() {
+            let done: usize = want[..=k].iter().map(Vec::len).sum();
+            assert_eq!(st.out, done, "lead {lead}: after callback {k}");
+            assert_ne!(st.verdict, Verdict::Pause);
+        }
+        assert_eq!(p.out, want.concat());
+        assert_eq!(sess.inflight(), 0);
+    }
+}
+
+#[test]
+fn a_32k_buffer_limit_never_holds_more_than_the_pause_bound() {
+    // Istio gateways use a 32 KiB connection buffer limit: a held frame larger than that
+    // must accumulate in the VM, not in Envoy's buffer (which would stop reading).
+    let c = cfg(TEMPLATE);
+    let mut m = metadata(12, &brokers());
+    let t = m.topics[0].clone();
+    m.topics = (0..2000)
+        .map(|i| {
+            t.clone()
+                .with_name(Some(TopicName(s(&format!("topic-{i:05}")))))
+        })
+        .collect();
+    let resp = encode_response(9, &m, 12);
+    assert!(resp.len() > 64 * 1024);
+    let mut want_m = m.clone();
+    want_m.brokers = metadata(12, &rewritten()).brokers;
+    let want = encode_response(9, &want_m, 12);
+    let h = RequestHeader::default()
+        .with_request_api_key(3)
+        .with_request_api_version(12)
+        .with_correlation_id(9)
+        .with_client_id(Some(s("rw")));
+    let req = encode_request(&h, &MetadataRequest::default(), 12);
+    let mut sess = Session::new(c);
+    let mut obs = Seen::default();
+    pump(&mut sess, Direction::Request, [&req[..]], false, &mut obs);
+    let (p, steps) = pump_traced(
+        &mut sess,
+        Direction::Response,
+        resp.chunks(16 * 1024),
+        &mut obs,
+    );
+    for st in &steps {
+        assert!(
+            st.buffered <= 4096,
+            "{} bytes left in the host",
+            st.buffered
+        );
+    }
+    assert_eq!(p.out, want);
 }

@@ -219,6 +219,8 @@ pub trait Observer: FactSink {
     fn produce_acks0_answered(&mut self) {}
     fn api_versions_clamped(&mut self, _clamps: &[Clamp]) {}
     fn rewrite_skipped(&mut self, _api_key: i16, _frame_bytes: u64) {}
+    /// KIP-951 NodeEndpoints hidden from a response that streamed (see crate::guard).
+    fn node_endpoints_hidden(&mut self, _api_key: i16, _count: u32) {}
     fn malformed(&mut self, _dir: Direction, _what: &Malformed, _action: MalformedAction) {}
     fn access_log(&mut self, _entry: &AccessLog) {}
     /// A policy decision (allow, deny or would-deny), for per-rule counters and the log.
@@ -1276,21 +1278,44 @@ impl Session {
                 }
             }
         }
+        // KIP-951 NodeEndpoints come last, after every record of a Fetch response: such a
+        // response streams and its NodeEndpoints tag is hidden (crate::guard), never held.
+        let mut hide_endpoints = false;
         if let (Some(front), Some(rw)) = (self.inflight.front(), self.cfg.compiled_rewrite.as_ref())
         {
             if front.correlation_id == correlation_id
                 && self.rewrite_done != Some(correlation_id)
                 && rw.applies(front.api_key, front.api_version)
             {
-                if total > self.cfg.max_buffered_frame_bytes as usize {
-                    return HeadOutcome::Malformed(Malformed::PolicyClose {
-                        reason: format!(
-                            "{} response of {total} bytes exceeds maxBufferedFrameBytes: its broker addresses cannot be rewritten",
-                            api::api_name(front.api_key)
-                        ),
-                    });
+                let big = total > self.cfg.max_buffered_frame_bytes as usize;
+                match front.api_key {
+                    api::FETCH => hide_endpoints = true,
+                    PRODUCE if big => hide_endpoints = true,
+                    api::METADATA if big => {
+                        match metadata_head(rw, front.api_version, head, total) {
+                            Ok(Some((old_len, new_head))) => {
+                                self.rewrite_done = Some(correlation_id);
+                                return HeadOutcome::ReplaceHead { old_len, new_head };
+                            }
+                            Ok(None) => return HeadOutcome::NeedMore,
+                            Err(error) => {
+                                return HeadOutcome::Malformed(Malformed::Decode {
+                                    api_key: Some(api::METADATA),
+                                    error,
+                                })
+                            }
+                        }
+                    }
+                    _ if big => {
+                        return HeadOutcome::Malformed(Malformed::PolicyClose {
+                            reason: format!(
+                                "{} response of {total} bytes exceeds maxBufferedFrameBytes: its broker addresses cannot be rewritten",
+                                api::api_name(front.api_key)
+                            ),
+                        });
+                    }
+                    _ => return HeadOutcome::Hold(HoldAction::RewriteAddresses),
                 }
-                return HeadOutcome::Hold(HoldAction::RewriteAddresses);
             }
         }
         self.rewrite_done = None;
@@ -1310,7 +1335,7 @@ impl Session {
             a.response_bytes = Some(total as u64);
             a.latency_ns = Some(latency_ns);
         }
-        let schema = if self.walk_responses {
+        let schema = if self.walk_responses || hide_endpoints || req.restore.is_some() {
             walk::response_schema(req.api_key, req.api_version)
         } else {
             None
@@ -1327,9 +1352,13 @@ impl Session {
                 access,
                 expects_response: false,
                 correlation_id,
-                guard: req
-                    .restore
-                    .map(|r| WalkGuard::Restore(Box::new(RestoreGuard::new(*r)))),
+                guard: match (req.restore, hide_endpoints) {
+                    (Some(r), false) => Some(WalkGuard::Restore(Box::new(RestoreGuard::new(*r)))),
+                    (r, true) => Some(WalkGuard::Restore(Box::new(
+                        RestoreGuard::new(r.map(|r| *r).unwrap_or_default()).hiding_endpoints(),
+                    ))),
+                    (None, false) => None,
+                },
             }));
         }
         if let Some(a) = access {
@@ -1472,6 +1501,11 @@ impl Session {
     }
 
     fn finish_walk(&mut self, mut ws: WalkState, obs: &mut dyn Observer) {
+        if let Some(WalkGuard::Restore(g)) = ws.guard.as_ref() {
+            if g.hidden() > 0 {
+                obs.node_endpoints_hidden(ws.collector.api_key(), g.hidden());
+            }
+        }
         if let Some(WalkGuard::Produce(g)) = ws.guard.take() {
             let restore = g.into_restore();
             if !restore.is_empty() && ws.expects_response {
@@ -1822,6 +1856,50 @@ fn set_size(f: &mut [u8]) {
     }
 }
 
+/// A Metadata response too large to hold: from its head (size, correlation id, header tags,
+/// body), the bytes through the brokers array and their rewritten replacement (size fixed).
+/// `Ok(None)`: the head does not reach the end of the brokers array yet.
+fn metadata_head(
+    rw: &crate::rewrite::Rewriter,
+    version: i16,
+    head: &[u8],
+    total: usize,
+) -> Result<Option<(usize, Vec<u8>)>, DecodeError> {
+    let header_v1 =
+        api::api_info(api::METADATA).is_some_and(|a| a.response_header_version(version) >= 1);
+    let mut r = Reader::new(head.get(8..).unwrap_or(&[]));
+    if header_v1 {
+        match r.skip_tagged_fields("response_header.tagged_fields") {
+            Ok(()) => {}
+            Err(e) if e.is_truncated() && head.len() < total => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+    let at = 8 + r.position();
+    let body = head.get(at..).unwrap_or(&[]);
+    let Some((old, new)) = crate::rewrite::rewrite_metadata_head(rw, version, body)? else {
+        if head.len() < total {
+            return Ok(None);
+        }
+        return Err(DecodeError::Truncated {
+            field: "metadata brokers",
+        });
+    };
+    let mut out = Vec::with_capacity(at + new.len());
+    out.extend_from_slice(head.get(..at).unwrap_or(&[]));
+    out.extend_from_slice(&new);
+    let old_size = i64::from(i32::from_be_bytes(size_bytes(head)));
+    let size = old_size + new.len() as i64 - old as i64;
+    let size = i32::try_from(size).map_err(|_| DecodeError::Invalid {
+        field: "frame",
+        reason: "rewritten frame too large",
+    })?;
+    if let Some(p) = out.get_mut(..4) {
+        p.copy_from_slice(&size.to_be_bytes());
+    }
+    Ok(Some((at + old, out)))
+}
+
 /// For [`Splice::Prepend`]: from a response head, the bytes through the top-level topics array
 /// count and the new head (size fixed, count raised, `entries` after it). `Ok(None)` when the
 /// head does not reach the count yet.
@@ -1891,7 +1969,12 @@ fn cfg_walks(cfg: &Config) -> (bool, bool) {
     let m = &cfg.metrics;
     let log = cfg.access_log.enabled || cfg.compiled_policy.is_some();
     let req = log || m.on(Family::Produce) || m.on(Family::Lag) || m.on(Family::Groups);
+    let endpoints = cfg
+        .compiled_rewrite
+        .as_ref()
+        .is_some_and(|r| r.node_endpoints == crate::rewrite::NodeEndpointsMode::Rewrite);
     let resp = log
+        || endpoints
         || m.on(Family::Fetch)
         || m.on(Family::Errors)
         || m.on(Family::Lag)
@@ -1923,6 +2006,7 @@ fn apply_guard(
     for e in edits {
         let at = match e.target {
             Target::LastField => end.checked_sub(e.data.len()),
+            Target::Back(n) => end.checked_sub(n),
             Target::Mark => *mark,
         };
         let Some(at) = at else {

@@ -44,6 +44,8 @@ pub fn encode_response<B: Encodable + HeaderVersion>(corr: i32, body: &B, v: i16
 pub struct EnvoyBuf {
     pub data: Vec<u8>,
     pub copied: usize,
+    /// Bytes written back into the host (`set_buffer_bytes`).
+    pub written: usize,
 }
 
 impl HostBuffer for EnvoyBuf {
@@ -54,12 +56,10 @@ impl HostBuffer for EnvoyBuf {
         let start = start.min(self.data.len());
         let end = start.saturating_add(len).min(self.data.len());
         self.copied += end - start;
-        if std::env::var("KMF_DEBUG_READS").is_ok() {
-            eprintln!("read {start} {len} of {}", self.data.len());
-        }
         Some(self.data[start..end].to_vec())
     }
     fn replace_front(&mut self, drain: usize, data: &[u8]) -> bool {
+        self.written += data.len();
         let drain = drain.min(self.data.len());
         self.data.drain(..drain);
         self.data.splice(0..0, data.iter().copied());
@@ -154,4 +154,67 @@ impl<T: FactLines> FactSink for T {
         self.lines()
             .push(format!("topic_id {} {name}", crate::collect::hex(&id)));
     }
+}
+
+/// One callback of [`pump_traced`]: the verdict, the host buffer left behind (paused
+/// bytes) and the bytes forwarded so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    pub verdict: Verdict,
+    pub buffered: usize,
+    pub out: usize,
+}
+
+/// [`pump`], recording every callback, for "nothing is held hostage" assertions.
+pub fn pump_traced<'a>(
+    s: &mut Session,
+    dir: Direction,
+    chunks: impl IntoIterator<Item = &'a [u8]>,
+    obs: &mut dyn Observer,
+) -> (Pumped, Vec<Step>) {
+    let mut buf = EnvoyBuf::default();
+    let mut p = Pumped::default();
+    let mut steps = Vec::new();
+    let mut t = 0u64;
+    for c in chunks {
+        buf.data.extend_from_slice(c);
+        t += 1000;
+        let v = s.on_data(dir, &mut buf, false, t, obs);
+        match v {
+            Verdict::Continue => p.out.append(&mut buf.data),
+            Verdict::Pause => p.pauses += 1,
+            Verdict::Close => p.closed = true,
+        }
+        steps.push(Step {
+            verdict: v,
+            buffered: buf.data.len(),
+            out: p.out.len(),
+        });
+        if p.closed {
+            break;
+        }
+    }
+    p.copied = buf.copied;
+    (p, steps)
+}
+
+/// `frames` back to back, cut so that every callback but the last ends `lead` bytes into
+/// the next frame (a pipelining client: the buffer never ends on a frame boundary).
+pub fn pipelined_cuts(frames: &[Vec<u8>], lead: usize) -> Vec<Vec<u8>> {
+    let stream: Vec<u8> = frames.concat();
+    let mut cuts = Vec::new();
+    let mut end = 0;
+    for f in frames.iter().take(frames.len().saturating_sub(1)) {
+        end += f.len();
+        cuts.push(end + lead);
+    }
+    cuts.push(stream.len());
+    let mut chunks = Vec::new();
+    let mut at = 0;
+    for c in cuts {
+        let c = c.min(stream.len());
+        chunks.push(stream[at..c].to_vec());
+        at = c;
+    }
+    chunks
 }

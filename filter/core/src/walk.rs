@@ -637,6 +637,13 @@ pub enum Event<'a> {
     Begin(F),
     End(F),
     Batch(Batch),
+    /// A tagged field of the message's top level (not of a nested struct): its tag, its
+    /// size, and the bytes of its tag and size varints (the last `len` bytes of the step).
+    Tag {
+        tag: u32,
+        size: u32,
+        len: usize,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -679,6 +686,8 @@ enum Mode {
     Fields,
     Tags {
         left: u32,
+        /// The message's top-level tagged fields (reported as [`Event::Tag`]).
+        top: bool,
     },
     Records {
         left: u64,
@@ -735,17 +744,28 @@ impl Walker {
             Mode::Done => Ok(Step::Done),
             Mode::HeaderTags => {
                 let n = r.uvarint("response_header.tagged_fields")?;
-                self.mode = Mode::Tags { left: n };
+                self.mode = Mode::Tags {
+                    left: n,
+                    top: false,
+                };
                 Ok(Step::Advanced)
             }
-            Mode::Tags { left: 0 } => {
+            Mode::Tags { left: 0, .. } => {
                 self.mode = Mode::Fields;
                 Ok(Step::Advanced)
             }
-            Mode::Tags { left } => {
-                let _tag = r.uvarint("tagged_field.tag")?;
+            Mode::Tags { left, top } => {
+                let at = r.position();
+                let tag = r.uvarint("tagged_field.tag")?;
                 let size = r.uvarint("tagged_field.size")?;
-                self.mode = Mode::Tags { left: left - 1 };
+                if top {
+                    let len = r.position().saturating_sub(at);
+                    emit(Event::Tag { tag, size, len });
+                }
+                self.mode = Mode::Tags {
+                    left: left - 1,
+                    top,
+                };
                 Ok(Step::Skip(u64::from(size)))
             }
             Mode::Records { left: 0 } => {
@@ -825,7 +845,10 @@ impl Walker {
             if lvl.tags && !lvl.tags_done {
                 let n = r.uvarint("tagged_fields")?;
                 lvl.tags_done = true;
-                self.mode = Mode::Tags { left: n };
+                self.mode = Mode::Tags {
+                    left: n,
+                    top: depth == 1,
+                };
                 return Ok(Step::Advanced);
             }
             self.end_struct(emit);

@@ -62,6 +62,7 @@ struct Fixed {
     produce_acks0_answered_total: u32,
     api_versions_clamped_total: u32,
     rewrite_skipped_total: u32,
+    node_endpoints_hidden_total: u32,
 }
 
 impl Fixed {
@@ -79,6 +80,7 @@ impl Fixed {
             produce_acks0_answered_total: c("kafka_mesh_produce_acks0_answered_total")?,
             api_versions_clamped_total: c("kafka_mesh_api_versions_clamped_total")?,
             rewrite_skipped_total: c("kafka_mesh_rewrite_skipped_total")?,
+            node_endpoints_hidden_total: c("kafka_mesh_node_endpoints_hidden_total")?,
         })
     }
 }
@@ -457,6 +459,10 @@ impl Observer for GlueObserver<'_> {
             LogLevel::Debug,
             &format!("kafka-mesh-filter: clamped ApiVersions {clamps:?}"),
         );
+    }
+
+    fn node_endpoints_hidden(&mut self, _api_key: i16, count: u32) {
+        add(self.r.fixed.node_endpoints_hidden_total, u64::from(count));
     }
 
     fn rewrite_skipped(&mut self, api_key: i16, frame_bytes: u64) {
