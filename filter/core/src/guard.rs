@@ -737,3 +737,118 @@ pub fn neutral_id(k: usize) -> [u8; 16] {
     }
     id
 }
+
+/// An all-topics Metadata response too large to hold whole, under a policy: the topics the
+/// client may not describe are answered in place, with the same number of bytes: their
+/// error code becomes TOPIC_AUTHORIZATION_FAILED and, with `hideUnauthorizedTopics`, their
+/// name becomes a same-length name of characters no topic name has and their id the zero
+/// id, so neither name nor id reaches the client. (A held response drops them instead, as
+/// Kafka omits unauthorized topics; a streamed one cannot change its size.) Clients skip
+/// topics with errors they did not ask for.
+#[derive(Debug)]
+pub struct MetadataGuard {
+    cfg: Rc<Config>,
+    id: Identity,
+    hide: bool,
+    denied: bool,
+    k: usize,
+    pending: Vec<Edit>,
+    mark: MarkOp,
+    notes: Vec<Note>,
+}
+
+impl MetadataGuard {
+    pub fn new(cfg: Rc<Config>, id: Identity) -> Self {
+        let hide = cfg
+            .compiled_policy
+            .as_ref()
+            .is_some_and(|p| p.hide_unauthorized_topics);
+        MetadataGuard {
+            cfg,
+            id,
+            hide,
+            denied: false,
+            k: 0,
+            pending: Vec::new(),
+            mark: MarkOp::Keep,
+            notes: Vec::new(),
+        }
+    }
+
+    pub fn on_event(&mut self, ev: &Event<'_>) -> Seen {
+        match *ev {
+            Event::Begin(F::Topics) => {
+                self.denied = false;
+                Seen::Same
+            }
+            // The topic's error code precedes its name: keep it editable until the name.
+            Event::Int(F::ErrorCode, _) => {
+                self.mark = MarkOp::Set(2);
+                Seen::Same
+            }
+            Event::Str(F::Topic, name) => {
+                let name = name.unwrap_or(&[]);
+                let text = String::from_utf8_lossy(name).into_owned();
+                self.mark = MarkOp::Clear;
+                let cfg = self.cfg.clone();
+                let Some(policy) = cfg.compiled_policy.as_ref() else {
+                    return Seen::Same;
+                };
+                let d = policy.decide(&self.id, Question::Topic(Operation::Describe, &text));
+                let audit = policy.mode == Mode::Audit;
+                let outcome = match (d.allow, audit) {
+                    (true, _) => Outcome::Allow,
+                    (false, true) => Outcome::WouldDeny,
+                    (false, false) => Outcome::Deny,
+                };
+                self.notes.push(Note {
+                    rule: policy.rule_name(d).to_string(),
+                    outcome,
+                    what: format!("describe {text}"),
+                    code: if outcome == Outcome::Deny {
+                        TOPIC_AUTHORIZATION_FAILED
+                    } else {
+                        0
+                    },
+                });
+                if outcome != Outcome::Deny {
+                    return Seen::Same;
+                }
+                self.denied = true;
+                self.pending.push(Edit {
+                    target: Target::Mark,
+                    data: TOPIC_AUTHORIZATION_FAILED.to_be_bytes().to_vec(),
+                });
+                if self.hide {
+                    if let Some(n) = neutral_name(self.k, name.len()) {
+                        self.k += 1;
+                        self.pending.push(Edit {
+                            target: Target::LastField,
+                            data: n,
+                        });
+                    }
+                }
+                Seen::Hidden
+            }
+            Event::Uuid(F::TopicId, _) if self.denied && self.hide => {
+                self.pending.push(Edit {
+                    target: Target::LastField,
+                    data: vec![0; 16],
+                });
+                Seen::Hidden
+            }
+            Event::End(F::Topics) if self.denied => Seen::Hidden,
+            _ => Seen::Same,
+        }
+    }
+
+    pub fn take_edits(&mut self) -> Vec<Edit> {
+        std::mem::take(&mut self.pending)
+    }
+    pub fn take_mark(&mut self) -> MarkOp {
+        std::mem::take(&mut self.mark)
+    }
+    pub fn take_notes(&mut self) -> Vec<Note> {
+        std::mem::take(&mut self.notes)
+    }
+}

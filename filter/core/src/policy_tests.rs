@@ -1731,3 +1731,85 @@ fn megabyte_produce_requests_stream_under_a_policy_pipelined() {
         }
     }
 }
+
+#[test]
+fn an_all_topics_metadata_answer_too_large_to_hold_streams_with_denied_topics_answered_in_place() {
+    for hide in [true, false] {
+        let c = cfg(&POLICY.replace(
+            r#"{"policy": {"defaultAction""#,
+            &format!(
+                r#"{{"maxBufferedFrameBytes": 4096, "policy": {{"hideUnauthorizedTopics": {hide}, "defaultAction""#
+            ),
+        ));
+        for v in [1i16, 9, 12] {
+            let topic = |n: String, id: u8| {
+                metadata_response::MetadataResponseTopic::default()
+                    .with_name(Some(TopicName(StrBytes::from_string(n))))
+                    .with_topic_id(uuid(id))
+                    .with_partitions(vec![metadata_response::MetadataResponsePartition::default(
+                    )
+                    .with_leader_id(1.into())
+                    .with_replica_nodes(vec![1.into()])])
+            };
+            let resp = MetadataResponse::default().with_topics(
+                (0..300)
+                    .map(|i| {
+                        if i % 3 == 0 {
+                            topic(format!("payments-{i:03}"), 2)
+                        } else {
+                            topic(format!("orders.eu-{i:03}"), 1)
+                        }
+                    })
+                    .collect(),
+            );
+            let reqs = encode_request(
+                &hdr(3, v, 5, "r"),
+                &MetadataRequest::default().with_topics(None),
+                v,
+            );
+            let answer = encode_response(5, &resp, v);
+            assert!(answer.len() > 4096);
+            for chunk in [1, 7, 1000, 1 << 20] {
+                let mut s = Session::new(c.clone());
+                let mut obs = Obs::default();
+                let p = pump(&mut s, Direction::Request, [&reqs[..]], false, &mut obs);
+                assert!(!p.closed);
+                let q = pump(
+                    &mut s,
+                    Direction::Response,
+                    answer.chunks(chunk),
+                    false,
+                    &mut obs,
+                );
+                assert!(!q.closed, "{:?}", obs.malformed);
+                assert_eq!(q.out.len(), answer.len(), "streamed: same size");
+                let (_, r): (i32, MetadataResponse) = decode_resp(frames(&q.out)[0], v);
+                for (i, t) in r.topics.iter().enumerate() {
+                    let n = t.name.as_ref().unwrap().0.to_string();
+                    if i % 3 == 0 {
+                        assert_eq!(t.error_code, 29, "v{v} {n}");
+                        if hide {
+                            assert!(!n.contains("payments"), "v{v}: {n} leaked");
+                            assert!(n.bytes().all(|b| !b.is_ascii_alphanumeric()));
+                            if v >= 10 {
+                                assert!(t.topic_id.is_nil());
+                            }
+                        } else {
+                            assert_eq!(n, format!("payments-{i:03}"));
+                        }
+                    } else {
+                        assert_eq!(t.error_code, 0);
+                        assert_eq!(n, format!("orders.eu-{i:03}"));
+                    }
+                }
+                if hide {
+                    let text = String::from_utf8_lossy(&q.out);
+                    assert!(
+                        !text.contains("payments"),
+                        "v{v}: a denied name reached the client"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -31,7 +31,7 @@ use crate::apiversions::{self, Clamp};
 use crate::collect::{AccessTopics, Collector, FactSink, FetchOffsets};
 use crate::config::{Config, Family, MalformedAction};
 use crate::enforce::{self, Enforced, Note, Splice, TopicNames};
-use crate::guard::{MarkOp, ProduceGuard, Restore, RestoreGuard, Seen, Target};
+use crate::guard::{MarkOp, MetadataGuard, ProduceGuard, Restore, RestoreGuard, Seen, Target};
 use crate::header::{self, RequestHeader};
 use crate::policy::{Identity, Operation, Question};
 use crate::reader::{DecodeError, Reader};
@@ -294,6 +294,7 @@ struct WalkState {
 enum WalkGuard {
     Produce(Box<ProduceGuard>),
     Restore(Box<RestoreGuard>),
+    Metadata(Box<MetadataGuard>),
 }
 
 impl WalkState {
@@ -1240,15 +1241,21 @@ impl Session {
                     Some(Splice::Replace { .. }) => {
                         return HeadOutcome::Hold(HoldAction::ReplaceResponse);
                     }
-                    Some(Splice::Metadata { .. }) => {
-                        if total > self.cfg.max_buffered_frame_bytes as usize {
+                    Some(Splice::Metadata {
+                        all_topics, denied, ..
+                    }) => {
+                        if total <= self.cfg.max_buffered_frame_bytes as usize {
+                            return HeadOutcome::Hold(HoldAction::ReplaceResponse);
+                        }
+                        if !*all_topics || !denied.is_empty() {
                             return HeadOutcome::Malformed(Malformed::PolicyClose {
                                 reason: format!(
-                                    "Metadata response of {total} bytes exceeds maxBufferedFrameBytes and cannot be filtered"
+                                    "Metadata response of {total} bytes to a request naming denied topics exceeds maxBufferedFrameBytes and cannot be answered"
                                 ),
                             });
                         }
-                        return HeadOutcome::Hold(HoldAction::ReplaceResponse);
+                        // An all-topics answer too large to hold streams; the topics the
+                        // client may not describe are answered in place (MetadataGuard).
                     }
                     Some(Splice::Prepend { count, entries }) => {
                         match prepend_head(front.api_key, front.api_version, head, *count, entries)
@@ -1335,7 +1342,11 @@ impl Session {
             a.response_bytes = Some(total as u64);
             a.latency_ns = Some(latency_ns);
         }
-        let schema = if self.walk_responses || hide_endpoints || req.restore.is_some() {
+        let schema = if self.walk_responses
+            || hide_endpoints
+            || req.restore.is_some()
+            || req.splice.is_some()
+        {
             walk::response_schema(req.api_key, req.api_version)
         } else {
             None
@@ -1353,6 +1364,16 @@ impl Session {
                 expects_response: false,
                 correlation_id,
                 guard: match (req.restore, hide_endpoints) {
+                    _ if matches!(req.splice.as_deref(), Some(Splice::Metadata { .. })) => {
+                        let client_id = match req.splice.as_deref() {
+                            Some(Splice::Metadata { client_id, .. }) => client_id.clone(),
+                            _ => None,
+                        };
+                        Some(WalkGuard::Metadata(Box::new(MetadataGuard::new(
+                            self.cfg.clone(),
+                            self.identity_with(client_id),
+                        ))))
+                    }
                     (Some(r), false) => Some(WalkGuard::Restore(Box::new(RestoreGuard::new(*r)))),
                     (r, true) => Some(WalkGuard::Restore(Box::new(
                         RestoreGuard::new(r.map(|r| *r).unwrap_or_default()).hiding_endpoints(),
@@ -1434,6 +1455,7 @@ impl Session {
                 let seen = match guard.as_mut() {
                     Some(WalkGuard::Produce(g)) => g.on_event(&ev, &mut |id| obs.topic_name(id)),
                     Some(WalkGuard::Restore(g)) => g.on_event(&ev),
+                    Some(WalkGuard::Metadata(g)) => g.on_event(&ev),
                     None => Seen::Same,
                 };
                 match seen {
@@ -2002,6 +2024,12 @@ fn apply_guard(
             (p.take_edits(), p.take_mark())
         }
         WalkGuard::Restore(r) => (r.take_edits(), MarkOp::Keep),
+        WalkGuard::Metadata(m) => {
+            for n in m.take_notes() {
+                obs.policy_note(&n);
+            }
+            (m.take_edits(), m.take_mark())
+        }
     };
     for e in edits {
         let at = match e.target {
