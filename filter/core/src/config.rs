@@ -3,7 +3,6 @@
 //! and the reason, so `istioctl`/Envoy logs say exactly what to fix.
 
 use serde::Deserialize;
-use std::fmt;
 
 /// Kafka's `socket.request.max.bytes` default (100 MiB): the largest frame a broker accepts.
 pub const DEFAULT_MAX_FRAME_BYTES: u32 = 104_857_600;
@@ -45,7 +44,7 @@ pub struct Config {
     pub policy: Option<crate::policy::PolicySpec>,
     /// The validated policy, compiled at configure time.
     #[serde(skip)]
-    pub compiled_policy: Option<crate::policy::Policy>,
+    pub compiled_policy: Option<std::rc::Rc<crate::policy::Policy>>,
     /// Broker address rewriting (see [`crate::rewrite`]). Absent: addresses pass unchanged.
     pub rewrite: Option<crate::rewrite::RewriteSpec>,
     #[serde(skip)]
@@ -153,18 +152,7 @@ impl Default for Config {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    /// JSON path of the offending value, e.g. `.maxFrameBytes` (`.` for the document).
-    pub path: String,
-    pub reason: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid pluginConfig at {}: {}", self.path, self.reason)
-    }
-}
+pub use crate::config_error::ConfigError;
 
 fn err(path: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError {
@@ -196,7 +184,9 @@ impl Config {
         let mut cfg = cfg;
         cfg.validate()?;
         if let Some(spec) = &cfg.policy {
-            cfg.compiled_policy = Some(crate::policy::Policy::compile(spec, ".policy")?);
+            cfg.compiled_policy = Some(std::rc::Rc::new(crate::policy::Policy::compile(
+                spec, ".policy",
+            )?));
         }
         if let Some(spec) = &cfg.rewrite {
             cfg.compiled_rewrite = Some(crate::rewrite::Rewriter::compile(spec, ".rewrite")?);

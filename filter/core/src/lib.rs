@@ -5,30 +5,18 @@
 //! The host is reached only through [`session::HostBuffer`] and [`session::Observer`].
 #![forbid(unsafe_code)]
 
-pub mod api;
-pub mod apiversions;
-pub mod collect;
+pub mod codec;
 pub mod config;
-pub mod enforce;
-pub mod errors;
-pub mod guard;
-pub mod header;
-pub mod labels;
+pub mod config_error;
+pub mod observe;
 pub mod policy;
-pub mod reader;
 pub mod rewrite;
 pub mod session;
-pub mod walk;
 
 #[cfg(test)]
-mod fuzz_tests;
-#[cfg(test)]
-mod policy_tests;
-#[cfg(test)]
-mod rewrite_tests;
-#[cfg(test)]
-mod session_tests;
-#[cfg(test)]
-pub(crate) mod testutil;
-#[cfg(test)]
-mod walk_tests;
+mod tests;
+
+// The modules' former flat paths, for the glue, the test host and the benches.
+pub use codec::{api, apiversions, errors, header, reader, walk};
+pub use observe::{collect, labels};
+pub use policy::{enforce, guard};

@@ -8,7 +8,7 @@
 //! Streams group APIs (KIP-1071, keys 88/89) are taken from the Kafka 3.9 / 4.1 JSON specs.
 //!
 //! `max_version` is what the filter advertises at most in ApiVersions responses (see
-//! [`crate::apiversions`]): a client never sends a version this table cannot describe. Raising
+//! [`crate::codec::apiversions`]): a client never sends a version this table cannot describe. Raising
 //! it for an API means the filter must parse that version wherever it reads that API's body.
 
 /// Sentinel for APIs that never became flexible (SaslHandshake, OffsetDelete).

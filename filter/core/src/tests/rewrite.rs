@@ -19,11 +19,11 @@ use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 use crate::config::Config;
 use crate::rewrite::{RewriteSpec, Rewriter};
 use crate::session::*;
-use crate::testutil::*;
+use crate::tests::util::*;
 
 #[derive(Default)]
 struct Seen(Vec<String>);
-impl crate::collect::FactSink for Seen {}
+impl crate::observe::collect::FactSink for Seen {}
 impl Observer for Seen {
     fn malformed(&mut self, _d: Direction, m: &Malformed, _a: crate::config::MalformedAction) {
         self.0.push(m.to_string());
@@ -265,7 +265,7 @@ fn kip951_node_endpoints_in_produce_and_fetch() {
             assert_eq!(got.len(), resp.len());
             let diff: Vec<usize> = (0..got.len()).filter(|i| got[*i] != resp[*i]).collect();
             assert_eq!(diff.len(), 1, "fetch v{v}: one byte changes");
-            assert_eq!(got[diff[0]], crate::guard::HIDDEN_TAG);
+            assert_eq!(got[diff[0]], crate::policy::guard::HIDDEN_TAG);
             let (_, back): (i32, FetchResponse) = decode(&got, v);
             assert!(back.node_endpoints.is_empty(), "fetch v{v}");
             assert_eq!(back.responses, r(&brokers()).responses);

@@ -7,10 +7,10 @@
 //!   (its spec sets `flexibleVersions: "none"` for that field), a trap for hand-written parsers.
 //!
 //! Response header: v0 correlation_id i32; v1 adds tagged fields. Which one a response uses
-//! depends on the request's (api key, version): see [`crate::api::ApiInfo`].
+//! depends on the request's (api key, version): see [`crate::codec::api::ApiInfo`].
 
-use crate::api::{self, ApiInfo};
-use crate::reader::{DecodeError, DecodeResult, Reader};
+use crate::codec::api::{self, ApiInfo};
+use crate::codec::reader::{DecodeError, DecodeResult, Reader};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestHeader<'a> {
@@ -104,7 +104,7 @@ pub fn describe(e: &DecodeError) -> String {
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
-    use crate::testutil::encode_request;
+    use crate::tests::util::encode_request;
     use kafka_protocol::messages::{
         produce_request::ProduceRequest, ApiVersionsRequest, FetchRequest, MetadataRequest,
         RequestHeader as KpHeader,

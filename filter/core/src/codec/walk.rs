@@ -19,8 +19,8 @@
 //! Arrays are only counted, never allocated: a count is a loop bound and a wrong count runs
 //! into the frame end, which the session turns into a malformed-frame verdict.
 
-use crate::api;
-use crate::reader::{DecodeError, DecodeResult, Reader};
+use crate::codec::api;
+use crate::codec::reader::{DecodeError, DecodeResult, Reader};
 
 /// What a field means to the collector. `Skip` fields are walked over and not reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -179,7 +179,7 @@ impl TopicIds {
         if self.local.get(&id).is_some_and(|n| n == name) {
             return;
         }
-        let key = format!("{TOPIC_ID_PREFIX}{}", crate::collect::hex(&id));
+        let key = format!("{TOPIC_ID_PREFIX}{}", crate::observe::collect::hex(&id));
         if store.get(&key).is_none() {
             // Count first, so the number of stored ids never exceeds the bound.
             let mut counted = false;
@@ -215,7 +215,7 @@ impl TopicIds {
         if let Some(n) = self.local.get(id) {
             return Some(n.clone());
         }
-        let key = format!("{TOPIC_ID_PREFIX}{}", crate::collect::hex(id));
+        let key = format!("{TOPIC_ID_PREFIX}{}", crate::observe::collect::hex(id));
         let (v, _) = store.get(&key)?;
         let name = String::from_utf8_lossy(&v).into_owned();
         self.cache(*id, &name, max);

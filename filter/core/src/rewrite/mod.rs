@@ -22,11 +22,11 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use serde::Deserialize;
 
-use crate::api;
-use crate::config::ConfigError;
-use crate::enforce::{decode_checked, encode};
-use crate::reader::DecodeResult;
-use crate::walk;
+use crate::codec::api;
+use crate::codec::kp::{decode_checked, encode};
+use crate::codec::reader::DecodeResult;
+use crate::codec::walk;
+use crate::config_error::ConfigError;
 
 /// How Produce v10+ / Fetch v16+ `NodeEndpoints` are handled. In Fetch responses they come
 /// after all record data, and a rewrite changes the frame length at the front of a frame that
@@ -389,7 +389,7 @@ pub fn rewrite_metadata_head(
     head: &[u8],
 ) -> DecodeResult<Option<(usize, Vec<u8>)>> {
     let flexible = api::api_info(api::METADATA).is_some_and(|a| a.is_flexible(version));
-    let mut r = crate::reader::Reader::new(head);
+    let mut r = crate::codec::reader::Reader::new(head);
     let mut out = Vec::new();
     let parsed = (|| -> DecodeResult<()> {
         if version >= 3 {
@@ -397,7 +397,7 @@ pub fn rewrite_metadata_head(
         }
         let n = if flexible {
             let n = r.uvarint("brokers")?;
-            crate::reader::put_uvarint(&mut out, n);
+            crate::codec::reader::put_uvarint(&mut out, n);
             n.saturating_sub(1)
         } else {
             let n = r.i32("brokers")?;
@@ -433,7 +433,10 @@ pub fn rewrite_metadata_head(
 
 fn put_string(out: &mut Vec<u8>, flexible: bool, s: &[u8]) {
     if flexible {
-        crate::reader::put_uvarint(out, u32::try_from(s.len()).unwrap_or(0).saturating_add(1));
+        crate::codec::reader::put_uvarint(
+            out,
+            u32::try_from(s.len()).unwrap_or(0).saturating_add(1),
+        );
     } else {
         out.extend_from_slice(&i16::try_from(s.len()).unwrap_or(i16::MAX).to_be_bytes());
     }

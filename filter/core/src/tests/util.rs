@@ -6,7 +6,7 @@
     clippy::panic
 )]
 
-use crate::collect::{FactSink, TopicRef};
+use crate::observe::collect::{FactSink, TopicRef};
 use crate::session::{Direction, HostBuffer, Observer, Session, Verdict};
 use bytes::BytesMut;
 use kafka_protocol::messages::{RequestHeader, ResponseHeader};
@@ -151,8 +151,10 @@ impl<T: FactLines> FactSink for T {
         self.lines().push(format!("group {api} {g}"));
     }
     fn topic_id(&mut self, id: [u8; 16], name: &str) {
-        self.lines()
-            .push(format!("topic_id {} {name}", crate::collect::hex(&id)));
+        self.lines().push(format!(
+            "topic_id {} {name}",
+            crate::observe::collect::hex(&id)
+        ));
     }
 }
 

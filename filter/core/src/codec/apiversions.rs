@@ -2,7 +2,7 @@
 //!
 //! A client picks, per API, the highest version both it and the broker support (librdkafka
 //! `rd_kafka_ApiVersion_check`, Java `NodeApiVersions.latestUsableVersion`). Lowering the
-//! broker's advertised `max_version` to [`crate::api`]'s table therefore guarantees that
+//! broker's advertised `max_version` to [`crate::codec::api`]'s table therefore guarantees that
 //! clients never send a version the filter cannot read. The patch keeps the frame length
 //! (two bytes replaced by two bytes), so no re-framing is needed.
 //!
@@ -12,8 +12,8 @@
 //! request's version it answers UNSUPPORTED_VERSION in the v0 layout (KIP-511), so that case
 //! is parsed as v0.
 
-use crate::api;
-use crate::reader::{DecodeResult, Reader};
+use crate::codec::api;
+use crate::codec::reader::{DecodeResult, Reader};
 
 pub const UNSUPPORTED_VERSION: i16 = 35;
 

@@ -20,7 +20,7 @@ use kafka_protocol::protocol::StrBytes;
 
 use crate::config::Config;
 use crate::session::*;
-use crate::testutil::*;
+use crate::tests::util::*;
 
 struct Rng(u64);
 impl Rng {

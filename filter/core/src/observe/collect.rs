@@ -8,8 +8,8 @@
 
 use std::collections::HashMap;
 
-use crate::api;
-use crate::walk::{Event, F};
+use crate::codec::api;
+use crate::codec::walk::{Event, F};
 
 /// A topic as the wire names it: by name, or by id (Fetch v13+, Produce v13+).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -19,11 +19,11 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 
-use crate::api;
+use crate::codec::api;
 
 use crate::config::{Config, Family};
 use crate::session::*;
-use crate::testutil::*;
+use crate::tests::util::*;
 
 #[derive(Default, Debug)]
 struct Facts {
@@ -75,7 +75,7 @@ fn uuid(n: u8) -> uuid::Uuid {
 }
 
 fn hex_of(n: u8) -> String {
-    crate::collect::hex(&[n; 16])
+    crate::observe::collect::hex(&[n; 16])
 }
 
 fn topic_label(v_names: bool, name: &str, id: u8) -> String {

@@ -19,20 +19,19 @@
 //!   precedes the batch, so the session keeps the few bytes from the index to the end of the
 //!   batch header back (a *mark*) until the decision is made.
 //!
-//! The decisions are the same as [`crate::enforce`]'s whole-request ones (same rules, notes
+//! The decisions are the same as [`crate::policy::enforce`]'s whole-request ones (same rules, notes
 //! and error codes); the session applies the edits with Envoy's drain-and-prepend, which
 //! copies only the bytes in front of the edit in the current buffer, and only on denial.
 
 use std::rc::Rc;
 
-use crate::config::Config;
-use crate::enforce::{
+use super::model::{AcksValue, Codec, Identity, Mode, OnDeny, Operation, Policy, Question};
+use crate::codec::walk::{Batch, Event, F};
+use crate::policy::enforce::{
     Note, Outcome, CLUSTER_AUTHORIZATION_FAILED, INVALID_REQUIRED_ACKS, RECORD_LIST_TOO_LARGE,
     TOPIC_AUTHORIZATION_FAILED, TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
     UNSUPPORTED_COMPRESSION_TYPE,
 };
-use crate::policy::{AcksValue, Codec, Identity, Mode, OnDeny, Operation, Policy, Question};
-use crate::walk::{Batch, Event, F};
 
 /// Characters that never appear in a Kafka topic name: a neutralised name can neither be
 /// an existing topic nor be created.
@@ -135,7 +134,7 @@ enum TopicState {
 /// The request side: decides and neutralises as the Produce request's fields go by.
 #[derive(Debug)]
 pub struct ProduceGuard {
-    cfg: Rc<Config>,
+    policy: Rc<Policy>,
     id: Identity,
     by_id: bool,
     forced: Option<i16>,
@@ -156,9 +155,10 @@ pub struct ProduceGuard {
 
 impl ProduceGuard {
     /// `None` when the policy cannot deny anything in this client's Produce requests.
-    pub fn new(cfg: Rc<Config>, id: Identity, version: i16) -> Option<ProduceGuard> {
-        let policy = cfg.compiled_policy.as_ref()?;
-        let api_denied = !policy.decide(&id, Question::Api(crate::api::PRODUCE)).allow;
+    pub fn new(policy: Rc<Policy>, id: Identity, version: i16) -> Option<ProduceGuard> {
+        let api_denied = !policy
+            .decide(&id, Question::Api(crate::codec::api::PRODUCE))
+            .allow;
         let need = api_denied
             || policy.may_deny_topics(&id, Operation::Produce)
             || policy.rules.iter().any(|r| r.has_transactional_ids());
@@ -166,7 +166,7 @@ impl ProduceGuard {
             return None;
         }
         let mut g = ProduceGuard {
-            cfg: cfg.clone(),
+            policy: policy.clone(),
             id,
             by_id: version >= 13,
             forced: None,
@@ -184,7 +184,7 @@ impl ProduceGuard {
             close: None,
         };
         if api_denied {
-            let d = policy.decide(&g.id, Question::Api(crate::api::PRODUCE));
+            let d = policy.decide(&g.id, Question::Api(crate::codec::api::PRODUCE));
             let rule = policy.rule_name(d).to_string();
             if !g.record(
                 false,
@@ -199,7 +199,7 @@ impl ProduceGuard {
     }
 
     fn policy(&self) -> Option<&Policy> {
-        self.cfg.compiled_policy.as_ref()
+        Some(&self.policy)
     }
 
     /// Record a decision; whether the part goes through (audit: always).
@@ -269,7 +269,9 @@ impl ProduceGuard {
             Event::Uuid(F::TopicId, id) if self.by_id => {
                 self.topic_wire = id.to_vec();
                 let known = names(&id);
-                self.topic_name = known.clone().unwrap_or_else(|| crate::collect::hex(&id));
+                self.topic_name = known
+                    .clone()
+                    .unwrap_or_else(|| crate::observe::collect::hex(&id));
                 let code = self.topic_code(Some(known.is_some()));
                 self.deny_topic(code, 16)
             }
@@ -350,10 +352,7 @@ impl ProduceGuard {
         if let Some(c) = self.forced {
             return c;
         }
-        let cfg = self.cfg.clone();
-        let Some(policy) = cfg.compiled_policy.as_ref() else {
-            return 0;
-        };
+        let policy = self.policy.clone();
         if known == Some(false) {
             // A topic id nobody has named yet: deny if any deny could apply (unless configured
             // otherwise), as the whole-request path does.
@@ -672,7 +671,7 @@ impl RestoreGuard {
                 // The tag varint (one byte for tag 0) leads the step's `len` bytes; the size
                 // varint after it is kept as it is.
                 let mut data = vec![HIDDEN_TAG];
-                crate::reader::put_uvarint(&mut data, size);
+                crate::codec::reader::put_uvarint(&mut data, size);
                 if data.len() == len {
                     self.pending.push(Edit {
                         target: Target::LastField,
@@ -747,7 +746,7 @@ pub fn neutral_id(k: usize) -> [u8; 16] {
 /// topics with errors they did not ask for.
 #[derive(Debug)]
 pub struct MetadataGuard {
-    cfg: Rc<Config>,
+    policy: Rc<Policy>,
     id: Identity,
     hide: bool,
     denied: bool,
@@ -758,13 +757,10 @@ pub struct MetadataGuard {
 }
 
 impl MetadataGuard {
-    pub fn new(cfg: Rc<Config>, id: Identity) -> Self {
-        let hide = cfg
-            .compiled_policy
-            .as_ref()
-            .is_some_and(|p| p.hide_unauthorized_topics);
+    pub fn new(policy: Rc<Policy>, id: Identity) -> Self {
+        let hide = policy.hide_unauthorized_topics;
         MetadataGuard {
-            cfg,
+            policy,
             id,
             hide,
             denied: false,
@@ -790,10 +786,7 @@ impl MetadataGuard {
                 let name = name.unwrap_or(&[]);
                 let text = String::from_utf8_lossy(name).into_owned();
                 self.mark = MarkOp::Clear;
-                let cfg = self.cfg.clone();
-                let Some(policy) = cfg.compiled_policy.as_ref() else {
-                    return Seen::Same;
-                };
+                let policy = self.policy.clone();
                 let d = policy.decide(&self.id, Question::Topic(Operation::Describe, &text));
                 let audit = policy.mode == Mode::Audit;
                 let outcome = match (d.allow, audit) {

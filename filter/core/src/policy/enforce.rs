@@ -22,7 +22,7 @@
 //! kafka-protocol decodes a request only after [`walk::walk_all`] has proved that its counts
 //! and lengths fit the bytes present.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use kafka_protocol::messages::{
     alter_configs_response, create_acls_response, create_partitions_response,
     create_topics_response, delete_acls_response, delete_records_response, delete_topics_response,
@@ -36,10 +36,11 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
-use crate::api;
+use crate::codec::api;
+use crate::codec::kp::{decode_checked, encode, kp_err};
+use crate::codec::reader::{DecodeResult, Reader};
+use crate::codec::walk::{self, Event, F};
 use crate::policy::{AcksValue, Codec, Identity, Operation, Policy, Question};
-use crate::reader::{DecodeError, DecodeResult, Reader};
-use crate::walk::{self, Event, F};
 
 pub const TOPIC_AUTHORIZATION_FAILED: i16 = 29;
 pub const GROUP_AUTHORIZATION_FAILED: i16 = 30;
@@ -168,35 +169,6 @@ impl Judge<'_> {
     fn denied_any(&self) -> bool {
         self.notes.iter().any(|n| n.outcome == Outcome::Deny)
     }
-}
-
-pub(crate) fn kp_err(_e: impl std::fmt::Debug) -> DecodeError {
-    DecodeError::Invalid {
-        field: "message",
-        reason: "rejected by the kafka-protocol decoder",
-    }
-}
-
-pub(crate) fn encode<T: Encodable>(v: &T, version: i16) -> DecodeResult<Vec<u8>> {
-    let mut b = BytesMut::new();
-    v.encode(&mut b, version)
-        .map_err(|_| DecodeError::Invalid {
-            field: "message",
-            reason: "cannot encode the rewritten message",
-        })?;
-    Ok(b.to_vec())
-}
-
-/// Decode a whole message with kafka-protocol, which sizes allocations by wire counts, only
-/// after [`walk::walk_all`] has proved every count and length in it fits the bytes present.
-pub(crate) fn decode_checked<T: Decodable>(
-    schema: &'static walk::Schema,
-    version: i16,
-    flexible: bool,
-    body: &[u8],
-) -> DecodeResult<T> {
-    walk::walk_all(schema, version, flexible, body, &mut |_| {})?;
-    T::decode(&mut Bytes::copy_from_slice(body), version).map_err(kp_err)
 }
 
 /// Split a request's items into those that go on to the broker (code 0) and the error
@@ -417,7 +389,7 @@ fn topic_name(
     // Unknown id: deny if any deny could apply (unless configured otherwise).
     let could_deny = j.policy.may_deny_topics(j.id, op);
     let allow = !could_deny || j.policy.unknown_topic_ids == crate::policy::Action::Allow;
-    let hexid = crate::collect::hex(id);
+    let hexid = crate::observe::collect::hex(id);
     let pass = j.record(
         allow,
         "unknownTopicIds".to_string(),

@@ -18,13 +18,13 @@ use bytes::Bytes;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, HeaderVersion, StrBytes};
 
-use crate::api;
-use crate::collect::FactSink;
+use crate::codec::api;
 use crate::config::Config;
-use crate::enforce::Note;
+use crate::observe::collect::FactSink;
+use crate::policy::enforce::Note;
 use crate::policy::Identity;
 use crate::session::*;
-use crate::testutil::*;
+use crate::tests::util::*;
 
 #[derive(Default)]
 struct Obs {
@@ -355,7 +355,7 @@ fn broker(forwarded: &[u8]) -> (Vec<u8>, Vec<(i16, i16, RequestHeader, Bytes)>) 
 }
 
 /// What Kafka answers a Produce partition the filter neutralised: a name with characters no
-/// topic name has, an id no topic has, a negative partition (see `crate::guard`); `None`
+/// topic name has, an id no topic has, a negative partition (see `crate::policy::guard`); `None`
 /// for a partition it accepts and writes.
 fn kafka_refuses(v: i16, t: &produce_request::TopicProduceData, index: i32) -> Option<i16> {
     if v >= 13 {
@@ -767,7 +767,7 @@ fn audit_mode_forwards_everything_and_notes_would_deny() {
     assert_eq!(
         obs.notes
             .iter()
-            .filter(|n| n.outcome == crate::enforce::Outcome::WouldDeny)
+            .filter(|n| n.outcome == crate::policy::enforce::Outcome::WouldDeny)
             .count(),
         3
     );

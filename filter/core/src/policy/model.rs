@@ -17,8 +17,8 @@ use std::net::IpAddr;
 
 use serde::Deserialize;
 
-use crate::api;
-use crate::config::ConfigError;
+use crate::codec::api;
+use crate::config_error::ConfigError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]

@@ -19,12 +19,12 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, StrBytes};
 
-use crate::api;
-use crate::apiversions::Clamp;
+use crate::codec::api;
+use crate::codec::apiversions::Clamp;
+use crate::codec::header::RequestHeader as Hdr;
 use crate::config::{Config, MalformedAction};
-use crate::header::RequestHeader as Hdr;
 use crate::session::*;
-use crate::testutil::*;
+use crate::tests::util::*;
 
 #[derive(Default, Debug)]
 struct Rec {

@@ -26,16 +26,18 @@
 use std::collections::VecDeque;
 use std::rc::Rc;
 
-use crate::api::{self, API_VERSIONS, PRODUCE};
-use crate::apiversions::{self, Clamp};
-use crate::collect::{AccessTopics, Collector, FactSink, FetchOffsets};
+use crate::codec::api::{self, API_VERSIONS, PRODUCE};
+use crate::codec::apiversions::{self, Clamp};
+use crate::codec::header::{self, RequestHeader};
+use crate::codec::reader::{DecodeError, Reader};
+use crate::codec::walk::{self, Event, Schema, Step, Walker, F};
 use crate::config::{Config, Family, MalformedAction};
-use crate::enforce::{self, Enforced, Note, Splice, TopicNames};
-use crate::guard::{MarkOp, MetadataGuard, ProduceGuard, Restore, RestoreGuard, Seen, Target};
-use crate::header::{self, RequestHeader};
+use crate::observe::collect::{AccessTopics, Collector, FactSink, FetchOffsets};
+use crate::policy::enforce::{self, Enforced, Note, Splice, TopicNames};
+use crate::policy::guard::{
+    MarkOp, MetadataGuard, ProduceGuard, Restore, RestoreGuard, Seen, Target,
+};
 use crate::policy::{Identity, Operation, Question};
-use crate::reader::{DecodeError, Reader};
-use crate::walk::{self, Event, Schema, Step, Walker, F};
 
 /// The host's view of one direction's connection buffer. In the filter this is
 /// `proxy_get_buffer_bytes` / `proxy_set_buffer_bytes`; in native tests an Envoy-faithful Vec.
@@ -202,7 +204,7 @@ impl AccessLog {
             "response_bytes": self.response_bytes,
             "latency_ms": self.latency_ns.map(|n| n as f64 / 1e6),
             "error_code": self.error_code,
-            "error": self.error_code.map(crate::errors::error_name),
+            "error": self.error_code.map(crate::codec::errors::error_name),
         })
         .to_string()
     }
@@ -219,7 +221,7 @@ pub trait Observer: FactSink {
     fn produce_acks0_answered(&mut self) {}
     fn api_versions_clamped(&mut self, _clamps: &[Clamp]) {}
     fn rewrite_skipped(&mut self, _api_key: i16, _frame_bytes: u64) {}
-    /// KIP-951 NodeEndpoints hidden from a response that streamed (see crate::guard).
+    /// KIP-951 NodeEndpoints hidden from a response that streamed (see crate::policy::guard).
     fn node_endpoints_hidden(&mut self, _api_key: i16, _count: u32) {}
     fn malformed(&mut self, _dir: Direction, _what: &Malformed, _action: MalformedAction) {}
     fn access_log(&mut self, _entry: &AccessLog) {}
@@ -266,7 +268,7 @@ struct PendingSplice {
     original: Option<(i16, i16)>,
 }
 
-/// The streaming walk of one frame's body (see [`crate::walk`]).
+/// The streaming walk of one frame's body (see [`crate::codec::walk`]).
 #[derive(Debug)]
 struct WalkState {
     walker: Walker,
@@ -1075,15 +1077,17 @@ impl Session {
         } else if let Some(a) = queued_access {
             obs.access_log(&a); // acks=0 and not walked: nothing more will be learned
         }
-        // Produce under a policy is decided as it streams (crate::guard).
+        // Produce under a policy is decided as it streams (crate::policy::guard).
         let guard = match (schema, hdr.api_key) {
             (Some(_), PRODUCE) if self.cfg.compiled_policy.is_some() => {
                 let id = self.identity_with(
                     hdr.client_id
                         .map(|c| String::from_utf8_lossy(c).into_owned()),
                 );
-                ProduceGuard::new(self.cfg.clone(), id, hdr.api_version)
-                    .map(|g| WalkGuard::Produce(Box::new(g)))
+                self.cfg.compiled_policy.clone().and_then(|p| {
+                    ProduceGuard::new(p, id, hdr.api_version)
+                        .map(|g| WalkGuard::Produce(Box::new(g)))
+                })
             }
             _ => None,
         };
@@ -1178,7 +1182,7 @@ impl Session {
             ));
         }
         if hdr.api_key == api::PRODUCE {
-            return None; // decided while it streams: see crate::guard
+            return None; // decided while it streams: see crate::policy::guard
         }
         if total > cfg.max_buffered_frame_bytes as usize {
             if audit {
@@ -1286,7 +1290,7 @@ impl Session {
             }
         }
         // KIP-951 NodeEndpoints come last, after every record of a Fetch response: such a
-        // response streams and its NodeEndpoints tag is hidden (crate::guard), never held.
+        // response streams and its NodeEndpoints tag is hidden (crate::policy::guard), never held.
         let mut hide_endpoints = false;
         if let (Some(front), Some(rw)) = (self.inflight.front(), self.cfg.compiled_rewrite.as_ref())
         {
@@ -1369,10 +1373,12 @@ impl Session {
                             Some(Splice::Metadata { client_id, .. }) => client_id.clone(),
                             _ => None,
                         };
-                        Some(WalkGuard::Metadata(Box::new(MetadataGuard::new(
-                            self.cfg.clone(),
-                            self.identity_with(client_id),
-                        ))))
+                        self.cfg.compiled_policy.clone().map(|p| {
+                            WalkGuard::Metadata(Box::new(MetadataGuard::new(
+                                p,
+                                self.identity_with(client_id),
+                            )))
+                        })
                     }
                     (Some(r), false) => Some(WalkGuard::Restore(Box::new(RestoreGuard::new(*r)))),
                     (r, true) => Some(WalkGuard::Restore(Box::new(
@@ -1965,7 +1971,7 @@ fn prepend_head(
     let mut out = Vec::with_capacity(8 + end + 5 + entries.len());
     out.extend_from_slice(head.get(..8 + at).unwrap_or(&[]));
     if flexible {
-        crate::reader::put_uvarint(&mut out, new.saturating_add(1));
+        crate::codec::reader::put_uvarint(&mut out, new.saturating_add(1));
     } else {
         out.extend_from_slice(&i32::try_from(new).unwrap_or(i32::MAX).to_be_bytes());
     }

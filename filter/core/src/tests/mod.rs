@@ -1,0 +1,8 @@
+//! Native tests of the core, fed whole, byte by byte and split at every boundary, with
+//! real kafka-protocol encodings as the oracle.
+mod fuzz;
+mod policy;
+mod rewrite;
+mod session;
+pub(crate) mod util;
+mod walk;
