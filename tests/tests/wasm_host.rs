@@ -334,17 +334,7 @@ fn a_missing_import_fails_the_load_naming_it() {
 
 /// A v2 record batch header plus `payload` opaque bytes (the filter reads only the header).
 fn batch(count: i32, payload: usize) -> Vec<u8> {
-    let mut b = Vec::new();
-    b.extend(0i64.to_be_bytes());
-    b.extend(((61 - 12 + payload) as i32).to_be_bytes());
-    b.extend(0i32.to_be_bytes());
-    b.push(2);
-    b.extend([0u8; 4 + 2]);
-    b.extend((count - 1).to_be_bytes());
-    b.extend([0u8; 8 + 8 + 8 + 2 + 4]);
-    b.extend(count.to_be_bytes());
-    b.extend(std::iter::repeat_n(7u8, payload));
-    b
+    kafka_mesh_core::testkit::record_batch(0, count, payload, 0)
 }
 
 /// Per-topic metrics end to end through the built wasm, across two worker VMs: VM A learns

@@ -104,7 +104,7 @@ pub fn describe(e: &DecodeError) -> String {
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
-    use crate::tests::util::encode_request;
+    use crate::testkit::encode_request;
     use kafka_protocol::messages::{
         produce_request::ProduceRequest, ApiVersionsRequest, FetchRequest, MetadataRequest,
         RequestHeader as KpHeader,

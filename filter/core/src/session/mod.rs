@@ -2,22 +2,27 @@
 //!
 //! The session never owns the connection's bytes: they stay in the host's buffer (Envoy's
 //! connection buffer) and the session reads only the ranges it needs through [`HostBuffer`].
-//! Its whole job on each data callback is to walk frame boundaries from where it stopped last
-//! time (`scan`), look at each frame's head, and decide:
+//! On each data callback it walks frame boundaries from where it stopped last time (`scan`),
+//! reads each frame's head and decides the frame's fate once, as a [`Plan`]:
 //!
-//! - **pass**: the rest of the frame streams through uncopied ([`Phase::Skip`]);
-//! - **hold**: the frame must be rewritten (ApiVersions today), so the callback pauses until
-//!   the whole frame is in the host buffer, then the frame is replaced in place;
-//! - **malformed**: count, log, then close or pass everything through (config).
+//! | plan | what happens to the frame's bytes | used for |
+//! |---|---|---|
+//! | stream | pass through unread | everything nothing needs |
+//! | walk | pass through; record-batch headers and the needed fields are read | metrics, access log |
+//! | walk + guard | pass through; fields are overwritten in place, same length | Produce under a policy (crate::policy::guard), Produce responses put right, NodeEndpoints hidden, big all-topics Metadata under a policy |
+//! | hold and replace | collected whole (in the VM once it spans callbacks), replaced | ApiVersions clamp, small request rewrites and probes (crate::policy::enforce), address rewrites |
+//! | replace head | the head is replaced, the rest streams | response splices, big Metadata brokers |
+//! | malformed | counted and logged, then close or pass everything through | |
 //!
 //! Envoy semantics it relies on (envoyproxy/envoy `source/extensions/common/wasm/context.cc`,
 //! `Context::onData`/`onWrite` and `Buffer::copyFrom`): returning `Continue` hands the whole
 //! buffer on and it is drained; returning `Pause` (StopIteration) leaves it in place and the
 //! next callback sees it again with the new bytes appended; `set_buffer_bytes(0, n, data)`
-//! drains `n` bytes from the front and prepends `data`; nothing can be spliced mid-buffer.
-//! So the session only pauses while a frame head is incomplete or a held frame is incomplete;
-//! between frames and inside pass-through frames it always continues. A paused buffer is never
-//! rescanned: `scan` and the collected head survive the pause.
+//! drains `n` bytes from the front and prepends `data`; nothing can be spliced mid-buffer, and
+//! nothing can be cut from the end. How the session still never holds a finished frame behind
+//! an incomplete one, and never leaves more than a few KiB in Envoy's buffer, is in
+//! [`Session::settle`]. A frame the session replaced is read again from its start with what
+//! was decided about it kept in one [`Redo`] record per direction.
 //!
 //! Requests and responses are matched by an in-order queue (responses carry no API key; Kafka
 //! answers requests on a connection in order). Produce with `acks=0` gets no response and is
@@ -259,13 +264,25 @@ struct InFlight {
     restore: Option<Box<Restore>>,
 }
 
-/// A splice waiting for the rewritten request to be queued.
+/// A frame the session replaced in the host buffer and now reads again from its start, as
+/// if it had arrived so: what was already decided about it, so it is not decided twice.
 #[derive(Debug)]
-struct PendingSplice {
+struct Redo {
     correlation_id: i32,
-    splice: Splice,
-    /// For probes: the API and version the client actually sent.
+    /// Requests: how the policy changes this request's response (queued with it).
+    splice: Option<Splice>,
+    /// Probes: the API and version the client actually sent.
     original: Option<(i16, i16)>,
+}
+
+impl Redo {
+    fn of(correlation_id: i32) -> Self {
+        Redo {
+            correlation_id,
+            splice: None,
+            original: None,
+        }
+    }
 }
 
 /// The streaming walk of one frame's body (see [`crate::codec::walk`]).
@@ -395,6 +412,8 @@ struct DirState {
     /// [`Phase::Head`]: how many of the head's bytes were already forwarded (a head that no
     /// rewrite can touch is read as it goes by, not held back).
     head_gone: usize,
+    /// The frame at the head was replaced and is being read again (see [`Redo`]).
+    redo: Option<Redo>,
 }
 
 impl DirState {
@@ -408,6 +427,7 @@ impl DirState {
             stash: Vec::new(),
             held: Vec::new(),
             head_gone: 0,
+            redo: None,
         };
         st.window = st.initial_window(dir);
         st
@@ -444,13 +464,21 @@ impl DirState {
     }
 }
 
-enum HeadOutcome {
+/// A frame's fate, decided once from its head ([`Session::on_request_head`],
+/// [`Session::on_response_head`]); the walk loop only carries it out.
+enum Plan {
+    /// The head is too short to decide: read more of it.
     NeedMore,
-    Pass,
-    Hold(HoldAction),
+    /// Stream the rest of the frame through unread.
+    Stream,
+    /// Walk the body as it streams (facts for metrics and the access log); with a guard, edit
+    /// fields in place, same length (Produce under a policy, Produce responses to put right,
+    /// NodeEndpoints to hide, a Metadata answer too large to hold).
     Walk(Box<WalkPlan>),
-    /// Replace the first `old_len` bytes of the frame with `new_head`, then process the frame
-    /// again from its start.
+    /// Hold the whole frame (in the VM once it spans callbacks), then replace it.
+    Hold(HoldAction),
+    /// Replace the first `old_len` bytes of the frame with `new_head` (a response head
+    /// splice, a Metadata brokers array), then read the frame again from its start.
     ReplaceHead {
         old_len: usize,
         new_head: Vec<u8>,
@@ -477,15 +505,9 @@ pub struct Session {
     walk_responses: bool,
     /// Who is on the other end (principal, source address; SASL user when learned).
     identity: Identity,
-    /// The correlation id of the request at the head that was already enforced (it is being
-    /// processed again, rewritten).
-    policy_done: Option<i32>,
-    pending_splice: Option<PendingSplice>,
     /// SASL mechanism from SaslHandshake, and a PLAIN username awaiting the broker's verdict.
     sasl_mechanism: Option<String>,
     sasl_pending: Option<(i32, String)>,
-    /// The response at the head whose addresses were already rewritten.
-    rewrite_done: Option<i32>,
     closed: bool,
 }
 
@@ -503,11 +525,8 @@ impl Session {
             walk_requests: false,
             walk_responses: false,
             identity: Identity::default(),
-            policy_done: None,
-            pending_splice: None,
             sasl_mechanism: None,
             sasl_pending: None,
-            rewrite_done: None,
             closed: false,
         }
         .with_walks(walks)
@@ -803,21 +822,18 @@ impl Session {
                     let st = self.dir_mut(dir);
                     st.head = head;
                     if st.head_gone > 0
-                        && matches!(
-                            outcome,
-                            HeadOutcome::Hold(_) | HeadOutcome::ReplaceHead { .. }
-                        )
+                        && matches!(outcome, Plan::Hold(_) | Plan::ReplaceHead { .. })
                     {
                         // Cannot happen: heads that may be edited are never let go early.
                         return Err(Malformed::HostError {
                             what: "head edit after its bytes were forwarded",
                         });
                     }
-                    if !matches!(outcome, HeadOutcome::NeedMore) {
+                    if !matches!(outcome, Plan::NeedMore) {
                         st.head_gone = 0;
                     }
                     match outcome {
-                        HeadOutcome::NeedMore => {
+                        Plan::NeedMore => {
                             if want < total && st.window < HEAD_MAX {
                                 st.window = st.window.saturating_mul(4).min(HEAD_MAX);
                                 continue;
@@ -831,14 +847,14 @@ impl Session {
                                 },
                             });
                         }
-                        HeadOutcome::Pass => {
+                        Plan::Stream => {
                             st.phase = Phase::Skip {
                                 remaining: (total - st.head.len()) as u64,
                             };
                             st.head.clear();
                             st.window = st.initial_window(dir);
                         }
-                        HeadOutcome::Walk(plan) => {
+                        Plan::Walk(plan) => {
                             let carry = st.head.get(plan.body_at..).unwrap_or(&[]).to_vec();
                             let remaining = (total - st.head.len()) as u64;
                             let info = api::api_info(plan.api_key);
@@ -870,7 +886,7 @@ impl Session {
                             st.window = st.initial_window(dir);
                             st.phase = Phase::Walk;
                         }
-                        HeadOutcome::ReplaceHead { old_len, new_head } => {
+                        Plan::ReplaceHead { old_len, new_head } => {
                             let mut out = if start > 0 {
                                 read_exact(buf, 0, start)?
                             } else {
@@ -887,7 +903,7 @@ impl Session {
                             st.scan = start;
                             st.next_frame(dir, start);
                         }
-                        HeadOutcome::Hold(action) => {
+                        Plan::Hold(action) => {
                             st.held = std::mem::take(&mut st.head);
                             st.phase = Phase::Hold {
                                 start,
@@ -896,7 +912,7 @@ impl Session {
                                 taken: 0,
                             };
                         }
-                        HeadOutcome::Malformed(m) => return Err(m),
+                        Plan::Malformed(m) => return Err(m),
                     }
                 }
                 Phase::Hold {
@@ -933,14 +949,14 @@ impl Session {
         total: usize,
         now_ns: u64,
         obs: &mut dyn Observer,
-    ) -> HeadOutcome {
+    ) -> Plan {
         let body = head.get(4..).unwrap_or(&[]);
         let complete = head.len() == total;
         let decode_err = |api_key, error: DecodeError| {
             if error.is_truncated() && !complete {
-                HeadOutcome::NeedMore
+                Plan::NeedMore
             } else {
-                HeadOutcome::Malformed(Malformed::Decode { api_key, error })
+                Plan::Malformed(Malformed::Decode { api_key, error })
             }
         };
         let (hdr, rest) = match header::parse_request_header(body) {
@@ -948,16 +964,17 @@ impl Session {
             Err(e) => return decode_err(None, e),
         };
         let body_at = 4 + body.len().saturating_sub(rest.remaining());
-        if self.cfg.compiled_policy.is_some() && self.policy_done != Some(hdr.correlation_id) {
+        let redo = self
+            .req
+            .redo
+            .as_ref()
+            .filter(|r| r.correlation_id == hdr.correlation_id);
+        let original = redo.and_then(|r| r.original);
+        if self.cfg.compiled_policy.is_some() && redo.is_none() {
             if let Some(out) = self.policy_gate(&hdr, total) {
                 return out;
             }
         }
-        let original = self
-            .pending_splice
-            .as_ref()
-            .filter(|p| p.correlation_id == hdr.correlation_id)
-            .and_then(|p| p.original);
         let shown = match original {
             Some((k, v)) => RequestHeader {
                 api_key: k,
@@ -1013,14 +1030,10 @@ impl Session {
         if !hdr.version_known {
             obs.unknown_api(hdr.api_key, hdr.api_version);
         }
-        // From here on the head is complete: this frame is done with the policy.
-        self.policy_done = None;
-        let pending = match self.pending_splice.take() {
-            Some(p) if p.correlation_id == hdr.correlation_id => Some(p),
-            other => {
-                self.pending_splice = other;
-                None
-            }
+        // From here on the head is complete: whatever was decided about it goes with it.
+        let pending = match self.req.redo.take() {
+            Some(r) if r.correlation_id == hdr.correlation_id => r.splice,
+            _ => None,
         };
         obs.request(&hdr, total as u64);
         if !expects_response {
@@ -1030,7 +1043,7 @@ impl Session {
             }
             self.acks0_recent.push_back(hdr.correlation_id);
         } else if self.inflight.len() >= self.cfg.max_inflight_requests as usize {
-            return HeadOutcome::Malformed(Malformed::InflightOverflow {
+            return Plan::Malformed(Malformed::InflightOverflow {
                 limit: self.cfg.max_inflight_requests,
             });
         }
@@ -1071,7 +1084,7 @@ impl Session {
                 api_version: hdr.api_version,
                 sent_ns: now_ns,
                 access: queued_access,
-                splice: pending.map(|p| Box::new(p.splice)),
+                splice: pending.map(Box::new),
                 restore: None,
             });
         } else if let Some(a) = queued_access {
@@ -1092,7 +1105,7 @@ impl Session {
             _ => None,
         };
         match schema {
-            Some(schema) => HeadOutcome::Walk(Box::new(WalkPlan {
+            Some(schema) => Plan::Walk(Box::new(WalkPlan {
                 schema,
                 api_key: hdr.api_key,
                 version: hdr.api_version,
@@ -1103,7 +1116,7 @@ impl Session {
                 correlation_id: hdr.correlation_id,
                 guard,
             })),
-            None => HeadOutcome::Pass,
+            None => Plan::Stream,
         }
     }
 
@@ -1116,7 +1129,7 @@ impl Session {
     }
 
     /// Whether a request must be held for the policy (or cannot be let through at all).
-    fn policy_gate(&mut self, hdr: &RequestHeader<'_>, total: usize) -> Option<HeadOutcome> {
+    fn policy_gate(&mut self, hdr: &RequestHeader<'_>, total: usize) -> Option<Plan> {
         let cfg = self.cfg.clone();
         let policy = cfg.compiled_policy.as_ref()?;
         let id = self.identity_with(
@@ -1169,8 +1182,7 @@ impl Session {
         if !need {
             return None;
         }
-        let close =
-            |reason: String| Some(HeadOutcome::Malformed(Malformed::PolicyClose { reason }));
+        let close = |reason: String| Some(Plan::Malformed(Malformed::PolicyClose { reason }));
         if !hdr.version_known || hdr.api_version < min_version {
             if audit {
                 return None;
@@ -1193,7 +1205,7 @@ impl Session {
                 api::api_name(hdr.api_key)
             ));
         }
-        Some(HeadOutcome::Hold(HoldAction::Enforce))
+        Some(Plan::Hold(HoldAction::Enforce))
     }
 
     /// Deterministic access-log sampling: with rate r, one request in every 1/r.
@@ -1217,14 +1229,14 @@ impl Session {
         total: usize,
         now_ns: u64,
         obs: &mut dyn Observer,
-    ) -> HeadOutcome {
+    ) -> Plan {
         if head.len() < RESPONSE_HEAD.min(total) {
-            return HeadOutcome::NeedMore;
+            return Plan::NeedMore;
         }
         let correlation_id = match header::response_correlation_id(head.get(4..).unwrap_or(&[])) {
             Ok(c) => c,
             Err(error) => {
-                return HeadOutcome::Malformed(Malformed::Decode {
+                return Plan::Malformed(Malformed::Decode {
                     api_key: None,
                     error,
                 })
@@ -1236,23 +1248,23 @@ impl Session {
                 // An answer to an acks=0 Produce: everything older in the ring was skipped.
                 self.acks0_recent.drain(..=pos);
                 obs.produce_acks0_answered();
-                return HeadOutcome::Pass;
+                return Plan::Stream;
             }
         }
         if let Some(front) = self.inflight.front_mut() {
             if front.correlation_id == correlation_id {
                 match front.splice.as_deref() {
                     Some(Splice::Replace { .. }) => {
-                        return HeadOutcome::Hold(HoldAction::ReplaceResponse);
+                        return Plan::Hold(HoldAction::ReplaceResponse);
                     }
                     Some(Splice::Metadata {
                         all_topics, denied, ..
                     }) => {
                         if total <= self.cfg.max_buffered_frame_bytes as usize {
-                            return HeadOutcome::Hold(HoldAction::ReplaceResponse);
+                            return Plan::Hold(HoldAction::ReplaceResponse);
                         }
                         if !*all_topics || !denied.is_empty() {
-                            return HeadOutcome::Malformed(Malformed::PolicyClose {
+                            return Plan::Malformed(Malformed::PolicyClose {
                                 reason: format!(
                                     "Metadata response of {total} bytes to a request naming denied topics exceeds maxBufferedFrameBytes and cannot be answered"
                                 ),
@@ -1266,11 +1278,11 @@ impl Session {
                         {
                             Ok(Some((old_len, new_head))) => {
                                 front.splice = None;
-                                return HeadOutcome::ReplaceHead { old_len, new_head };
+                                return Plan::ReplaceHead { old_len, new_head };
                             }
-                            Ok(None) if head.len() < total => return HeadOutcome::NeedMore,
+                            Ok(None) if head.len() < total => return Plan::NeedMore,
                             Ok(None) => {
-                                return HeadOutcome::Malformed(Malformed::Decode {
+                                return Plan::Malformed(Malformed::Decode {
                                     api_key: Some(front.api_key),
                                     error: DecodeError::Truncated {
                                         field: "response topics array",
@@ -1278,7 +1290,7 @@ impl Session {
                                 })
                             }
                             Err(error) => {
-                                return HeadOutcome::Malformed(Malformed::Decode {
+                                return Plan::Malformed(Malformed::Decode {
                                     api_key: Some(front.api_key),
                                     error,
                                 })
@@ -1295,7 +1307,11 @@ impl Session {
         if let (Some(front), Some(rw)) = (self.inflight.front(), self.cfg.compiled_rewrite.as_ref())
         {
             if front.correlation_id == correlation_id
-                && self.rewrite_done != Some(correlation_id)
+                && self
+                    .resp
+                    .redo
+                    .as_ref()
+                    .is_none_or(|r| r.correlation_id != correlation_id)
                 && rw.applies(front.api_key, front.api_version)
             {
                 let big = total > self.cfg.max_buffered_frame_bytes as usize;
@@ -1305,12 +1321,12 @@ impl Session {
                     api::METADATA if big => {
                         match metadata_head(rw, front.api_version, head, total) {
                             Ok(Some((old_len, new_head))) => {
-                                self.rewrite_done = Some(correlation_id);
-                                return HeadOutcome::ReplaceHead { old_len, new_head };
+                                self.resp.redo = Some(Redo::of(correlation_id));
+                                return Plan::ReplaceHead { old_len, new_head };
                             }
-                            Ok(None) => return HeadOutcome::NeedMore,
+                            Ok(None) => return Plan::NeedMore,
                             Err(error) => {
-                                return HeadOutcome::Malformed(Malformed::Decode {
+                                return Plan::Malformed(Malformed::Decode {
                                     api_key: Some(api::METADATA),
                                     error,
                                 })
@@ -1318,23 +1334,23 @@ impl Session {
                         }
                     }
                     _ if big => {
-                        return HeadOutcome::Malformed(Malformed::PolicyClose {
+                        return Plan::Malformed(Malformed::PolicyClose {
                             reason: format!(
                                 "{} response of {total} bytes exceeds maxBufferedFrameBytes: its broker addresses cannot be rewritten",
                                 api::api_name(front.api_key)
                             ),
                         });
                     }
-                    _ => return HeadOutcome::Hold(HoldAction::RewriteAddresses),
+                    _ => return Plan::Hold(HoldAction::RewriteAddresses),
                 }
             }
         }
-        self.rewrite_done = None;
+        self.resp.redo = None;
         let Some(req) = self.inflight.pop_front() else {
-            return HeadOutcome::Malformed(Malformed::UnexpectedResponse { correlation_id });
+            return Plan::Malformed(Malformed::UnexpectedResponse { correlation_id });
         };
         if req.correlation_id != correlation_id {
-            return HeadOutcome::Malformed(Malformed::CorrelationMismatch {
+            return Plan::Malformed(Malformed::CorrelationMismatch {
                 expected: req.correlation_id,
                 got: correlation_id,
             });
@@ -1358,7 +1374,7 @@ impl Session {
         if let Some(schema) = schema {
             let header_tags = api::api_info(req.api_key)
                 .is_some_and(|a| a.response_header_version(req.api_version) >= 1);
-            return HeadOutcome::Walk(Box::new(WalkPlan {
+            return Plan::Walk(Box::new(WalkPlan {
                 schema,
                 api_key: req.api_key,
                 version: req.api_version,
@@ -1394,13 +1410,13 @@ impl Session {
         if req.api_key == API_VERSIONS && self.cfg.clamp_api_versions {
             if total > self.cfg.max_buffered_frame_bytes as usize {
                 obs.rewrite_skipped(req.api_key, total as u64);
-                return HeadOutcome::Pass;
+                return Plan::Stream;
             }
-            return HeadOutcome::Hold(HoldAction::ClampApiVersions {
+            return Plan::Hold(HoldAction::ClampApiVersions {
                 version: req.api_version,
             });
         }
-        HeadOutcome::Pass
+        Plan::Stream
     }
 
     /// Advance the current frame's walk over the bytes available. `Ok(true)` when the frame
@@ -1721,7 +1737,11 @@ impl Session {
             obs.policy_note(n);
         }
         let corr = hdr.correlation_id;
-        self.policy_done = Some(corr);
+        self.req.redo = Some(Redo {
+            correlation_id: corr,
+            splice: None,
+            original: None,
+        });
         match out {
             Enforced::Forward => Ok(None),
             Enforced::Close { reason } => Err(Malformed::PolicyClose { reason }),
@@ -1730,12 +1750,8 @@ impl Session {
                 f.extend_from_slice(frame.get(..body_at).unwrap_or(&[]));
                 f.extend_from_slice(&body);
                 set_size(&mut f);
-                if let Some(splice) = splice {
-                    self.pending_splice = Some(PendingSplice {
-                        correlation_id: corr,
-                        splice,
-                        original: None,
-                    });
+                if let Some(r) = self.req.redo.as_mut() {
+                    r.splice = splice;
                 }
                 Ok(Some(f))
             }
@@ -1755,9 +1771,9 @@ impl Session {
                     None => f.extend_from_slice(&(-1i16).to_be_bytes()),
                 }
                 set_size(&mut f);
-                self.pending_splice = Some(PendingSplice {
+                self.req.redo = Some(Redo {
                     correlation_id: corr,
-                    splice: Splice::Replace { body },
+                    splice: Some(Splice::Replace { body }),
                     original: Some((hdr.api_key, hdr.api_version)),
                 });
                 Ok(Some(f))
@@ -1773,7 +1789,7 @@ impl Session {
             return Ok(None);
         };
         let (api_key, version) = (front.api_key, front.api_version);
-        self.rewrite_done = Some(front.correlation_id);
+        self.resp.redo = Some(Redo::of(front.correlation_id));
         let header_v1 =
             api::api_info(api_key).is_some_and(|a| a.response_header_version(version) >= 1);
         let mut r = Reader::new(frame.get(8..).unwrap_or(&[]));

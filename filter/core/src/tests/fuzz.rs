@@ -20,7 +20,7 @@ use kafka_protocol::protocol::StrBytes;
 
 use crate::config::Config;
 use crate::session::*;
-use crate::tests::util::*;
+use crate::testkit::*;
 
 struct Rng(u64);
 impl Rng {
@@ -45,17 +45,7 @@ fn hdr(key: i16, v: i16, corr: i32) -> RequestHeader {
 }
 
 fn batch() -> Bytes {
-    let mut b = Vec::new();
-    b.extend(0i64.to_be_bytes());
-    b.extend((61i32 - 12 + 20).to_be_bytes());
-    b.extend(0i32.to_be_bytes());
-    b.push(2);
-    b.extend([0u8; 6]);
-    b.extend(2i32.to_be_bytes());
-    b.extend([0u8; 30]);
-    b.extend(3i32.to_be_bytes());
-    b.extend([9u8; 20]);
-    Bytes::from(b)
+    Bytes::from(record_batch(0, 3, 20, 0))
 }
 
 fn name(s: &'static str) -> TopicName {

@@ -4,5 +4,4 @@ mod fuzz;
 mod policy;
 mod rewrite;
 mod session;
-pub(crate) mod util;
 mod walk;

@@ -16,15 +16,14 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::{Decodable, HeaderVersion, StrBytes};
+use kafka_protocol::protocol::{Decodable, StrBytes};
 
-use crate::codec::api;
 use crate::config::Config;
 use crate::observe::collect::FactSink;
 use crate::policy::enforce::Note;
 use crate::policy::Identity;
 use crate::session::*;
-use crate::tests::util::*;
+use crate::testkit::*;
 
 #[derive(Default)]
 struct Obs {
@@ -57,394 +56,12 @@ fn hdr(key: i16, v: i16, corr: i32, client: &'static str) -> RequestHeader {
         .with_client_id(Some(StrBytes::from_static_str(client)))
 }
 
-fn frames(stream: &[u8]) -> Vec<&[u8]> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at + 4 <= stream.len() {
-        let n = i32::from_be_bytes(stream[at..at + 4].try_into().unwrap()) as usize;
-        out.push(&stream[at + 4..at + 4 + n]);
-        at += 4 + n;
-    }
-    assert_eq!(at, stream.len(), "stream ends mid-frame");
-    out
-}
-
 fn uuid(n: u8) -> uuid::Uuid {
     uuid::Uuid::from_bytes([n; 16])
 }
 
 fn name(s: &'static str) -> TopicName {
     TopicName(StrBytes::from_static_str(s))
-}
-
-/// A broker that answers every forwarded request: Produce/Fetch/DeleteTopics entries with no
-/// error for what it was sent, ApiVersions v0 for probes, JoinGroup with generation 1.
-fn broker(forwarded: &[u8]) -> (Vec<u8>, Vec<(i16, i16, RequestHeader, Bytes)>) {
-    let mut out = Vec::new();
-    let mut seen = Vec::new();
-    for f in frames(forwarded) {
-        let mut b = Bytes::copy_from_slice(f);
-        let key = i16::from_be_bytes([f[0], f[1]]);
-        let v = i16::from_be_bytes([f[2], f[3]]);
-        let h = RequestHeader::decode(
-            &mut b,
-            api::api_info(key).unwrap().request_header_version(v),
-        )
-        .unwrap();
-        seen.push((key, v, h.clone(), b.clone()));
-        let corr = h.correlation_id;
-        match key {
-            0 => {
-                let r = ProduceRequest::decode(&mut b, v).unwrap();
-                if r.acks == 0 {
-                    continue;
-                }
-                let resp = ProduceResponse::default().with_responses(
-                    r.topic_data
-                        .iter()
-                        .map(|t| {
-                            produce_response::TopicProduceResponse::default()
-                                .with_name(t.name.clone())
-                                .with_topic_id(t.topic_id)
-                                .with_partition_responses(
-                                    t.partition_data
-                                        .iter()
-                                        .map(|p| {
-                                            let r = produce_response::PartitionProduceResponse::default()
-                                                .with_index(p.index);
-                                            match kafka_refuses(v, t, p.index) {
-                                                Some(code) => r
-                                                    .with_error_code(code)
-                                                    .with_base_offset(-1)
-                                                    .with_error_message(Some(
-                                                        StrBytes::from_static_str(
-                                                            "This server does not host this topic-partition.",
-                                                        ),
-                                                    )),
-                                                None => r.with_base_offset(100),
-                                            }
-                                        })
-                                        .collect(),
-                                )
-                        })
-                        .collect(),
-                );
-                out.extend(encode_response(corr, &resp, v));
-            }
-            1 => {
-                let r = FetchRequest::decode(&mut b, v).unwrap();
-                let resp = FetchResponse::default().with_responses(
-                    r.topics
-                        .iter()
-                        .map(|t| {
-                            fetch_response::FetchableTopicResponse::default()
-                                .with_topic(t.topic.clone())
-                                .with_topic_id(t.topic_id)
-                                .with_partitions(
-                                    t.partitions
-                                        .iter()
-                                        .map(|p| {
-                                            fetch_response::PartitionData::default()
-                                                .with_partition_index(p.partition)
-                                                .with_high_watermark(10)
-                                                .with_records(Some(Bytes::from_static(b"")))
-                                        })
-                                        .collect(),
-                                )
-                        })
-                        .collect(),
-                );
-                out.extend(encode_response(corr, &resp, v));
-            }
-            18 => out.extend(encode_response(corr, &ApiVersionsResponse::default(), v)),
-            20 => {
-                let r = DeleteTopicsRequest::decode(&mut b, v).unwrap();
-                let names: Vec<_> = if v >= 6 {
-                    r.topics.iter().map(|t| t.name.clone()).collect()
-                } else {
-                    r.topic_names.iter().map(|n| Some(n.clone())).collect()
-                };
-                let resp = DeleteTopicsResponse::default().with_responses(
-                    names
-                        .into_iter()
-                        .map(|n| {
-                            delete_topics_response::DeletableTopicResult::default().with_name(n)
-                        })
-                        .collect(),
-                );
-                out.extend(encode_response(corr, &resp, v));
-            }
-            11 => out.extend(encode_response(
-                corr,
-                &JoinGroupResponse::default().with_generation_id(1),
-                v,
-            )),
-            3 => {
-                let r = MetadataRequest::decode(&mut b, v).unwrap();
-                let names: Vec<String> = match &r.topics {
-                    None => vec!["orders.eu".into(), "payments".into(), "public".into()],
-                    Some(t) => t
-                        .iter()
-                        .filter_map(|t| t.name.as_ref().map(|n| n.0.to_string()))
-                        .collect(),
-                };
-                let resp = MetadataResponse::default().with_topics(
-                    names
-                        .into_iter()
-                        .map(|n| {
-                            metadata_response::MetadataResponseTopic::default()
-                                .with_name(Some(TopicName(StrBytes::from_string(n))))
-                                .with_partitions(vec![
-                                    metadata_response::MetadataResponsePartition::default(),
-                                ])
-                        })
-                        .collect(),
-                );
-                out.extend(encode_response(corr, &resp, v));
-            }
-            17 => out.extend(encode_response(corr, &SaslHandshakeResponse::default(), v)),
-            19 => {
-                let r = CreateTopicsRequest::decode(&mut b, v).unwrap();
-                let resp = CreateTopicsResponse::default().with_topics(
-                    r.topics
-                        .iter()
-                        .map(|t| {
-                            create_topics_response::CreatableTopicResult::default()
-                                .with_name(t.name.clone())
-                        })
-                        .collect(),
-                );
-                out.extend(encode_response(corr, &resp, v));
-            }
-            37 => {
-                let r = CreatePartitionsRequest::decode(&mut b, v).unwrap();
-                let resp = CreatePartitionsResponse::default().with_results(
-                    r.topics
-                        .iter()
-                        .map(|t| {
-                            create_partitions_response::CreatePartitionsTopicResult::default()
-                                .with_name(t.name.clone())
-                        })
-                        .collect(),
-                );
-                out.extend(encode_response(corr, &resp, v));
-            }
-            21 => {
-                let r = DeleteRecordsRequest::decode(&mut b, v).unwrap();
-                let resp = DeleteRecordsResponse::default().with_topics(
-                    r.topics
-                        .iter()
-                        .map(|t| {
-                            delete_records_response::DeleteRecordsTopicResult::default()
-                                .with_name(t.name.clone())
-                        })
-                        .collect(),
-                );
-                out.extend(encode_response(corr, &resp, v));
-            }
-            33 => {
-                let r = AlterConfigsRequest::decode(&mut b, v).unwrap();
-                let resp = AlterConfigsResponse::default().with_responses(
-                    r.resources
-                        .iter()
-                        .map(|x| {
-                            alter_configs_response::AlterConfigsResourceResponse::default()
-                                .with_resource_type(x.resource_type)
-                                .with_resource_name(x.resource_name.clone())
-                        })
-                        .collect(),
-                );
-                out.extend(encode_response(corr, &resp, v));
-            }
-            44 => {
-                let r = IncrementalAlterConfigsRequest::decode(&mut b, v).unwrap();
-                let resp = IncrementalAlterConfigsResponse::default().with_responses(
-                    r.resources
-                        .iter()
-                        .map(|x| {
-                            incremental_alter_configs_response::AlterConfigsResourceResponse::default()
-                                .with_resource_type(x.resource_type)
-                                .with_resource_name(x.resource_name.clone())
-                        })
-                        .collect(),
-                );
-                out.extend(encode_response(corr, &resp, v));
-            }
-            2 => {
-                let r = ListOffsetsRequest::decode(&mut b, v).unwrap();
-                let resp = ListOffsetsResponse::default().with_topics(
-                    r.topics
-                        .iter()
-                        .map(|t| {
-                            list_offsets_response::ListOffsetsTopicResponse::default()
-                                .with_name(t.name.clone())
-                                .with_partitions(
-                                    t.partitions
-                                        .iter()
-                                        .map(|p| {
-                                            list_offsets_response::ListOffsetsPartitionResponse::default()
-                                                .with_partition_index(p.partition_index)
-                                                .with_offset(5)
-                                        })
-                                        .collect(),
-                                )
-                        })
-                        .collect(),
-                );
-                out.extend(encode_response(corr, &resp, v));
-            }
-            8 => {
-                let r = OffsetCommitRequest::decode(&mut b, v).unwrap();
-                let resp = OffsetCommitResponse::default().with_topics(
-                    r.topics
-                        .iter()
-                        .map(|t| {
-                            offset_commit_response::OffsetCommitResponseTopic::default()
-                                .with_name(t.name.clone())
-                                .with_partitions(
-                                    t.partitions
-                                        .iter()
-                                        .map(|p| {
-                                            offset_commit_response::OffsetCommitResponsePartition::default()
-                                                .with_partition_index(p.partition_index)
-                                        })
-                                        .collect(),
-                                )
-                        })
-                        .collect(),
-                );
-                out.extend(encode_response(corr, &resp, v));
-            }
-            9 => {
-                let r = OffsetFetchRequest::decode(&mut b, v).unwrap();
-                let resp = OffsetFetchResponse::default().with_topics(
-                    r.topics
-                        .unwrap_or_default()
-                        .iter()
-                        .map(|t| {
-                            offset_fetch_response::OffsetFetchResponseTopic::default()
-                                .with_name(t.name.clone())
-                                .with_partitions(
-                                    t.partition_indexes
-                                        .iter()
-                                        .map(|p| {
-                                            offset_fetch_response::OffsetFetchResponsePartition::default()
-                                                .with_partition_index(*p)
-                                                .with_committed_offset(7)
-                                        })
-                                        .collect(),
-                                )
-                        })
-                        .collect(),
-                );
-                out.extend(encode_response(corr, &resp, v));
-            }
-            36 => {
-                let r = SaslAuthenticateRequest::decode(&mut b, v).unwrap();
-                let bad = r.auth_bytes.windows(5).any(|w| w == b"wrong");
-                out.extend(encode_response(
-                    corr,
-                    &SaslAuthenticateResponse::default().with_error_code(if bad { 58 } else { 0 }),
-                    v,
-                ));
-            }
-            other => panic!("fake broker got api {other}"),
-        }
-    }
-    (out, seen)
-}
-
-/// What Kafka answers a Produce partition the filter neutralised: a name with characters no
-/// topic name has, an id no topic has, a negative partition (see `crate::policy::guard`); `None`
-/// for a partition it accepts and writes.
-fn kafka_refuses(v: i16, t: &produce_request::TopicProduceData, index: i32) -> Option<i16> {
-    if v >= 13 {
-        if t.topic_id.as_bytes().starts_with(b"kmf-deny") {
-            return Some(100); // UNKNOWN_TOPIC_ID
-        }
-    } else if !t
-        .name
-        .0
-        .bytes()
-        .all(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'_' || c == b'-')
-        || t.name.0.is_empty()
-    {
-        return Some(3); // UNKNOWN_TOPIC_OR_PARTITION
-    }
-    (index < 0).then_some(3)
-}
-
-/// What tansu 0.6 refuses (it writes any name, index, CRC or magic): a batch whose producer
-/// id it never issued and whose base sequence is not -1 (UNKNOWN_PRODUCER_ID).
-fn tansu_refuses(p: &produce_request::PartitionProduceData) -> bool {
-    let Some(r) = p.records.as_ref() else {
-        return false;
-    };
-    if r.len() < 61 || r[16] != 2 {
-        return false;
-    }
-    let pid = i64::from_be_bytes(r[43..51].try_into().unwrap());
-    let seq = i32::from_be_bytes(r[53..57].try_into().unwrap());
-    pid == 0x7fff_ffff_0000_0001 && seq != -1
-}
-
-/// (topic, partition) of every partition with records that tansu would write.
-fn tansu_written(seen: &[(i16, i16, RequestHeader, Bytes)]) -> Vec<(String, i32)> {
-    let mut out = Vec::new();
-    for (key, v, _, body) in seen {
-        if *key != 0 {
-            continue;
-        }
-        let r = ProduceRequest::decode(&mut body.clone(), *v).unwrap();
-        for t in &r.topic_data {
-            for p in &t.partition_data {
-                if !tansu_refuses(p) && p.records.as_ref().is_some_and(|r| !r.is_empty()) {
-                    out.push((t.name.0.to_string(), p.index));
-                }
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
-/// (topic name or id, partition) of every partition the fake broker wrote.
-fn written(
-    seen: &[(i16, i16, RequestHeader, Bytes)],
-    names: &HashMap<[u8; 16], String>,
-) -> Vec<(String, i32)> {
-    let mut out = Vec::new();
-    for (key, v, _, body) in seen {
-        if *key != 0 {
-            continue;
-        }
-        let r = ProduceRequest::decode(&mut body.clone(), *v).unwrap();
-        for t in &r.topic_data {
-            for p in &t.partition_data {
-                if kafka_refuses(*v, t, p.index).is_none() {
-                    let n = if *v >= 13 {
-                        names
-                            .get(t.topic_id.as_bytes())
-                            .cloned()
-                            .unwrap_or_default()
-                    } else {
-                        t.name.0.to_string()
-                    };
-                    out.push((n, p.index));
-                }
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
-fn decode_resp<T: Decodable + HeaderVersion>(frame: &[u8], v: i16) -> (i32, T) {
-    let mut b = Bytes::copy_from_slice(frame);
-    let h = ResponseHeader::decode(&mut b, T::header_version(v)).unwrap();
-    let body = T::decode(&mut b, v).unwrap();
-    assert!(b.is_empty(), "bytes left after the response");
-    (h.correlation_id, body)
 }
 
 /// Client stream in (under `chunks`), broker in the middle, client responses out.
@@ -839,21 +456,6 @@ fn a_frame_too_large_to_inspect_closes_instead_of_bypassing() {
     );
 }
 
-fn batch(count: i32, payload: usize, codec: i16) -> Vec<u8> {
-    let mut b = Vec::new();
-    b.extend(0i64.to_be_bytes());
-    b.extend(((61 - 12 + payload) as i32).to_be_bytes());
-    b.extend(0i32.to_be_bytes());
-    b.push(2);
-    b.extend(0u32.to_be_bytes());
-    b.extend(codec.to_be_bytes());
-    b.extend((count - 1).to_be_bytes());
-    b.extend([0u8; 8 + 8 + 8 + 2 + 4]);
-    b.extend(count.to_be_bytes());
-    b.extend(std::iter::repeat_n(1u8, payload));
-    b
-}
-
 #[test]
 fn produce_constraints_acks_batch_size_compression_and_transactional_ids() {
     let c = cfg(r#"{"policy": {"defaultAction": "deny", "rules": [
@@ -869,16 +471,16 @@ fn produce_constraints_acks_batch_size_compression_and_transactional_ids() {
                 .with_partition_data(vec![
                     produce_request::PartitionProduceData::default()
                         .with_index(0)
-                        .with_records(Some(Bytes::from(batch(2, 100, 0)))),
+                        .with_records(Some(Bytes::from(record_batch(0, 2, 100, 0)))),
                     produce_request::PartitionProduceData::default()
                         .with_index(1)
-                        .with_records(Some(Bytes::from(batch(2, 400, 0)))),
+                        .with_records(Some(Bytes::from(record_batch(0, 2, 400, 0)))),
                     produce_request::PartitionProduceData::default()
                         .with_index(2)
-                        .with_records(Some(Bytes::from(batch(2, 10, 1)))),
+                        .with_records(Some(Bytes::from(record_batch(0, 2, 10, 1)))),
                     produce_request::PartitionProduceData::default()
                         .with_index(3)
-                        .with_records(Some(Bytes::from(batch(2, 10, 4)))),
+                        .with_records(Some(Bytes::from(record_batch(0, 2, 10, 4)))),
                 ])])
     };
     let codes = |reqs: &[u8], obs: &mut Obs| -> Vec<(i32, i16)> {
@@ -1641,7 +1243,8 @@ fn big_produce(corr: i32, topics: &[&'static str], parts: i32, batch_bytes: usiz
                                 .map(|p| {
                                     produce_request::PartitionProduceData::default()
                                         .with_index(p)
-                                        .with_records(Some(Bytes::from(batch(
+                                        .with_records(Some(Bytes::from(record_batch(
+                                            0,
                                             10,
                                             batch_bytes - 61,
                                             0,

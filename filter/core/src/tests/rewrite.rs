@@ -19,7 +19,7 @@ use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 use crate::config::Config;
 use crate::rewrite::{RewriteSpec, Rewriter};
 use crate::session::*;
-use crate::tests::util::*;
+use crate::testkit::*;
 
 #[derive(Default)]
 struct Seen(Vec<String>);

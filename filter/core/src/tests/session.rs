@@ -24,7 +24,7 @@ use crate::codec::apiversions::Clamp;
 use crate::codec::header::RequestHeader as Hdr;
 use crate::config::{Config, MalformedAction};
 use crate::session::*;
-use crate::tests::util::*;
+use crate::testkit::*;
 
 #[derive(Default, Debug)]
 struct Rec {

@@ -23,7 +23,7 @@ use crate::codec::api;
 
 use crate::config::{Config, Family};
 use crate::session::*;
-use crate::tests::util::*;
+use crate::testkit::*;
 
 #[derive(Default, Debug)]
 struct Facts {
@@ -45,29 +45,6 @@ impl Observer for Facts {
     fn malformed(&mut self, _d: Direction, m: &Malformed, _a: crate::config::MalformedAction) {
         self.malformed.push(m.to_string());
     }
-}
-
-/// A v2 record batch: a real 61-byte header (CRC not checked by the walker) and `payload`
-/// bytes standing in for the records.
-fn batch(base_offset: i64, count: i32, payload: usize, codec: i16) -> Vec<u8> {
-    let mut b = Vec::new();
-    b.extend(base_offset.to_be_bytes());
-    let batch_len = (61 - 12 + payload) as i32;
-    b.extend(batch_len.to_be_bytes());
-    b.extend(0i32.to_be_bytes()); // partition leader epoch
-    b.push(2); // magic
-    b.extend(0u32.to_be_bytes()); // crc
-    b.extend(codec.to_be_bytes()); // attributes
-    b.extend((count - 1).to_be_bytes()); // last offset delta
-    b.extend(0i64.to_be_bytes());
-    b.extend(0i64.to_be_bytes());
-    b.extend((-1i64).to_be_bytes());
-    b.extend((-1i16).to_be_bytes());
-    b.extend((-1i32).to_be_bytes());
-    b.extend(count.to_be_bytes());
-    assert_eq!(b.len(), 61);
-    b.extend(std::iter::repeat_n(0x5a, payload));
-    b
 }
 
 fn uuid(n: u8) -> uuid::Uuid {
@@ -169,8 +146,8 @@ fn produce_request(v: i16, acks: i16) -> (ProduceRequest, Vec<String>, usize) {
         let mut parts = Vec::new();
         let (mut b, mut r, mut n) = (0, 0, 0);
         for p in 0..(ti as i32 + 2) {
-            let mut recs = batch(0, 3 + p, 100 + p as usize, 0);
-            recs.extend(batch(3, 5, 40, 4));
+            let mut recs = record_batch(0, 3 + p, 100 + p as usize, 0);
+            recs.extend(record_batch(3, 5, 40, 4));
             b += 2;
             r += 8 + p as u64;
             n += recs.len() as u64;
@@ -284,11 +261,11 @@ fn fetch_totals_errors_and_lag_every_version() {
             )])
             .with_rack_id(StrBytes::from_static_str("rack-a"));
         let reqs = encode_request(&hdr(1, v, 3), &req, v);
-        let mut recs = batch(10, 4, 64, 1);
-        recs.extend(batch(14, 6, 10, 1));
+        let mut recs = record_batch(10, 4, 64, 1);
+        recs.extend(record_batch(14, 6, 10, 1));
         let full = recs.len() as u64;
         // a partial trailing batch, as brokers send when max bytes cut a batch
-        recs.extend(&batch(20, 9, 300, 1)[..40]);
+        recs.extend(&record_batch(20, 9, 300, 1)[..40]);
         let rtopic = |t: fetch_response::FetchableTopicResponse| {
             if names {
                 t.with_topic(TopicName(StrBytes::from_static_str("orders")))
@@ -477,7 +454,7 @@ fn a_body_shorter_than_its_fields_is_malformed() {
         assert_eq!(f.malformed.len(), 1, "{:?}", f.malformed);
     }
     // a record-batch length that runs past the frame
-    let mut recs = batch(0, 1, 10, 0);
+    let mut recs = record_batch(0, 1, 10, 0);
     recs.truncate(61);
     let req = ProduceRequest::default().with_acks(1).with_topic_data(vec![
         produce_request::TopicProduceData::default()
