@@ -17,7 +17,13 @@
 //! - a partition refused by a produce constraint seen in its first batch header (size,
 //!   compression): its partition index becomes a negative index no partition has. The index
 //!   precedes the batch, so the session keeps the few bytes from the index to the end of the
-//!   batch header back (a *mark*) until the decision is made.
+//!   batch header back (a *mark*) until the decision is made;
+//! - and every record batch of a neutralised part carries a producer id no broker issued
+//!   (see [`ProduceGuard::neutralise_batch`]): tansu 0.6 stores a Produce to any name or
+//!   index, but refuses that.
+//!
+//! Kafka closes the connection when a partition of an `acks=0` Produce fails
+//! (`KafkaApis.handleProduceRequest`), as it does for its own authorization failures.
 //!
 //! The decisions are the same as [`crate::policy::enforce`]'s whole-request ones (same rules, notes
 //! and error codes); the session applies the edits with Envoy's drain-and-prepend, which
@@ -521,7 +527,7 @@ impl ProduceGuard {
     /// The second half of every neutralisation, for brokers that store what Kafka would
     /// refuse: tansu 0.6 writes a Produce to any name, any partition index and any batch
     /// (CRC and magic unchecked), but refuses a batch whose producer id it never issued with
-    /// UNKNOWN_PRODUCER_ID before storing anything (tansu `dynostore.rs`; checked against the
+    /// UNKNOWN_PRODUCER_ID before storing anything (tansu-storage 0.6.0 `src/dynostore.rs`, `produce`; checked against the
     /// tansu binary by the e2e tests). So the batch header's producer id, epoch and base
     /// sequence become an id no broker has issued (producer ids are handed out upwards from
     /// 0) and sequence 0. Kafka never reads them: it refuses the part on its name or index
