@@ -19,7 +19,7 @@
 //!   precedes the batch, so the session keeps the few bytes from the index to the end of the
 //!   batch header back (a *mark*) until the decision is made;
 //! - and every record batch of a neutralised part carries a producer id no broker issued
-//!   (see [`ProduceGuard::neutralise_batch`]): tansu 0.6 stores a Produce to any name or
+//!   (see `ProduceGuard::neutralise_batch`): tansu 0.6 stores a Produce to any name or
 //!   index, but refuses that.
 //!
 //! Kafka closes the connection when a partition of an `acks=0` Produce fails

@@ -3,7 +3,7 @@
 //! The session never owns the connection's bytes: they stay in the host's buffer (Envoy's
 //! connection buffer) and the session reads only the ranges it needs through [`HostBuffer`].
 //! On each data callback it walks frame boundaries from where it stopped last time (`scan`),
-//! reads each frame's head and decides the frame's fate once, as a [`Plan`]:
+//! reads each frame's head and decides the frame's fate once, as a `Plan`:
 //!
 //! | plan | what happens to the frame's bytes | used for |
 //! |---|---|---|
@@ -21,8 +21,8 @@
 //! drains `n` bytes from the front and prepends `data`; nothing can be spliced mid-buffer, and
 //! nothing can be cut from the end. How the session still never holds a finished frame behind
 //! an incomplete one, and never leaves more than a few KiB in Envoy's buffer, is in
-//! [`Session::settle`]. A frame the session replaced is read again from its start with what
-//! was decided about it kept in one [`Redo`] record per direction.
+//! `Session::settle`. A frame the session replaced is read again from its start with what
+//! was decided about it kept in one `Redo` record per direction.
 //!
 //! Requests and responses are matched by an in-order queue (responses carry no API key; Kafka
 //! answers requests on a connection in order). Produce with `acks=0` gets no response and is
