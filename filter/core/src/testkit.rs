@@ -377,18 +377,29 @@ pub fn broker(forwarded: &[u8]) -> (Vec<u8>, Vec<(i16, i16, RequestHeader, Bytes
                         .filter_map(|t| t.name.as_ref().map(|n| n.0.to_string()))
                         .collect(),
                 };
-                let resp = MetadataResponse::default().with_topics(
-                    names
-                        .into_iter()
-                        .map(|n| {
-                            metadata_response::MetadataResponseTopic::default()
-                                .with_name(Some(TopicName(StrBytes::from_string(n))))
-                                .with_partitions(vec![
-                                    metadata_response::MetadataResponsePartition::default(),
-                                ])
-                        })
-                        .collect(),
-                );
+                // two brokers advertising internal names, as behind a mesh
+                let brokers = (0..2)
+                    .map(|i| {
+                        metadata_response::MetadataResponseBroker::default()
+                            .with_node_id(i.into())
+                            .with_host(StrBytes::from_string(format!("broker-{i}.internal")))
+                            .with_port(9092)
+                    })
+                    .collect();
+                let resp = MetadataResponse::default()
+                    .with_brokers(brokers)
+                    .with_topics(
+                        names
+                            .into_iter()
+                            .map(|n| {
+                                metadata_response::MetadataResponseTopic::default()
+                                    .with_name(Some(TopicName(StrBytes::from_string(n))))
+                                    .with_partitions(vec![
+                                        metadata_response::MetadataResponsePartition::default(),
+                                    ])
+                            })
+                            .collect(),
+                    );
                 out.extend(encode_response(corr, &resp, v));
             }
             17 => out.extend(encode_response(corr, &SaslHandshakeResponse::default(), v)),

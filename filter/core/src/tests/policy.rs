@@ -1416,3 +1416,161 @@ fn an_all_topics_metadata_answer_too_large_to_hold_streams_with_denied_topics_an
         }
     }
 }
+
+/// Number of whole frames in the first `n` bytes of `stream`.
+fn whole_frames(stream: &[u8], n: usize) -> usize {
+    let (mut at, mut k) = (0, 0);
+    while at + 4 <= n {
+        let len = 4 + i32::from_be_bytes(stream[at..at + 4].try_into().unwrap()) as usize;
+        if at + len > n {
+            break;
+        }
+        at += len;
+        k += 1;
+    }
+    k
+}
+
+#[test]
+fn every_held_kind_pipelined_under_every_chunking() {
+    // One frame of every kind the filter holds whole, pipelined, both directions: the
+    // ApiVersions clamp, Fetch / Metadata / ListOffsets / OffsetCommit / DeleteTopics request
+    // rewrites and their response splices, a probe and its replaced answer, and the address
+    // rewrite of the Metadata answer. Whatever the chunking: the same bytes come out, and a
+    // callback that does not pause has forwarded every frame that was whole in it.
+    let c = cfg(&POLICY.replace(
+        r#"{"policy""#,
+        r#"{"rewrite": {"nodeTemplate": "gw:{19092+nodeId}"}, "policy""#,
+    ));
+    let t = |n: &'static str| name(n);
+    let mut reqs = Vec::new();
+    reqs.extend(encode_request(
+        &hdr(18, 3, 1, "reader"),
+        &ApiVersionsRequest::default(),
+        3,
+    ));
+    reqs.extend(encode_request(
+        &hdr(1, 12, 2, "reader"),
+        &FetchRequest::default().with_topics(vec![
+            fetch_request::FetchTopic::default()
+                .with_topic(t("orders.eu"))
+                .with_partitions(vec![fetch_request::FetchPartition::default()]),
+            fetch_request::FetchTopic::default()
+                .with_topic(t("payments"))
+                .with_partitions(vec![fetch_request::FetchPartition::default()]),
+        ]),
+        12,
+    ));
+    reqs.extend(encode_request(
+        &hdr(3, 12, 3, "reader"),
+        &MetadataRequest::default().with_topics(Some(vec![
+            metadata_request::MetadataRequestTopic::default().with_name(Some(t("payments"))),
+            metadata_request::MetadataRequestTopic::default().with_name(Some(t("public"))),
+        ])),
+        12,
+    ));
+    reqs.extend(encode_request(
+        &hdr(12, 4, 4, "reader"),
+        &HeartbeatRequest::default().with_group_id(GroupId(StrBytes::from_static_str("intruders"))),
+        4,
+    ));
+    reqs.extend(encode_request(
+        &hdr(2, 7, 5, "reader"),
+        &ListOffsetsRequest::default().with_topics(vec![
+            list_offsets_request::ListOffsetsTopic::default()
+                .with_name(t("orders.eu"))
+                .with_partitions(vec![list_offsets_request::ListOffsetsPartition::default()]),
+            list_offsets_request::ListOffsetsTopic::default()
+                .with_name(t("payments"))
+                .with_partitions(vec![list_offsets_request::ListOffsetsPartition::default()]),
+        ]),
+        7,
+    ));
+    reqs.extend(encode_request(
+        &hdr(8, 8, 6, "reader"),
+        &OffsetCommitRequest::default()
+            .with_group_id(GroupId(StrBytes::from_static_str("shop-1")))
+            .with_topics(vec![
+                offset_commit_request::OffsetCommitRequestTopic::default()
+                    .with_name(t("payments"))
+                    .with_partitions(vec![
+                        offset_commit_request::OffsetCommitRequestPartition::default(),
+                    ]),
+            ]),
+        8,
+    ));
+    reqs.extend(encode_request(
+        &hdr(20, 6, 7, "reader"),
+        &DeleteTopicsRequest::default().with_topics(vec![
+            delete_topics_request::DeleteTopicState::default().with_name(Some(t("orders.eu"))),
+        ]),
+        6,
+    ));
+    let n_frames = whole_frames(&reqs, reqs.len());
+    assert_eq!(n_frames, 7);
+    // the reference: everything in one callback
+    let mut s = Session::new(c.clone());
+    let mut obs = Obs::default();
+    let p = pump(&mut s, Direction::Request, [&reqs[..]], false, &mut obs);
+    assert!(!p.closed, "{:?}", obs.malformed);
+    let want_fwd = p.out.clone();
+    let (resps, _) = broker(&want_fwd);
+    let q = pump(&mut s, Direction::Response, [&resps[..]], false, &mut obs);
+    assert!(!q.closed, "{:?}", obs.malformed);
+    let want_back = q.out.clone();
+    let back = frames(&want_back);
+    assert_eq!(back.len(), 7);
+    let (_, f): (i32, FetchResponse) = decode_resp(back[1], 12);
+    assert_eq!(f.responses.len(), 2, "payments' denial spliced in");
+    let (_, m): (i32, MetadataResponse) = decode_resp(back[2], 12);
+    assert!(!m.brokers.is_empty());
+    assert!(
+        m.brokers.iter().all(|b| b.host.as_str() == "gw"),
+        "{:?}",
+        m.brokers
+    );
+    assert!(m.topics.iter().any(|t| t.error_code == 29));
+    let (_, h): (i32, HeartbeatResponse) = decode_resp(back[3], 4);
+    assert_eq!(h.error_code, 30);
+    for chunks in chunkings(&reqs) {
+        let mut s = Session::new(c.clone());
+        let mut obs = Obs::default();
+        let (p, steps) = pump_traced(&mut s, Direction::Request, chunks.iter().copied(), &mut obs);
+        assert_eq!(p.out, want_fwd);
+        let mut fed = 0;
+        for (chunk, st) in chunks.iter().zip(&steps) {
+            fed += chunk.len();
+            if st.verdict == Verdict::Pause {
+                assert!(st.buffered <= 4096);
+            } else {
+                assert_eq!(whole_frames(&p.out, st.out), whole_frames(&reqs, fed));
+            }
+        }
+        for rchunks in [
+            vec![&resps[..]],
+            resps.chunks(1).collect(),
+            resps.chunks(7).collect(),
+        ] {
+            let mut s2 = Session::new(c.clone());
+            pump(
+                &mut s2,
+                Direction::Request,
+                chunks.iter().copied(),
+                false,
+                &mut obs,
+            );
+            let q = pump(&mut s2, Direction::Response, rchunks, false, &mut obs);
+            assert!(!q.closed, "{:?}", obs.malformed);
+            assert_eq!(q.out, want_back);
+            assert_eq!(s2.inflight(), 0);
+        }
+    }
+    // and the answers split at every point
+    for rchunks in chunkings(&resps) {
+        let mut s = Session::new(c.clone());
+        let mut obs = Obs::default();
+        pump(&mut s, Direction::Request, [&reqs[..]], false, &mut obs);
+        let q = pump(&mut s, Direction::Response, rchunks, false, &mut obs);
+        assert_eq!(q.out, want_back);
+    }
+}
