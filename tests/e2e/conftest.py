@@ -33,7 +33,7 @@ def wait_port(port, timeout=30):
 
 class Sidecar:
     def __init__(self, tmp, upstream, chunk=0, workers=1, config="{}", port=None, log_level="warn",
-                 properties=None):
+                 properties=None, buffer_limit=None):
         self.port, self.admin = port or free_port(), free_port()
         cfg = tmp / f"cfg-{self.port}.json"
         cfg.write_text(config)
@@ -43,6 +43,9 @@ class Sidecar:
                 "--workers", str(workers), "--log-level", log_level]
         if chunk:
             args += ["--chunk", str(chunk)]
+        if buffer_limit:
+            # Envoy's per_connection_buffer_limit_bytes (1 MiB default; Istio's gateway: 32 KiB)
+            args += ["--buffer-limit", str(buffer_limit)]
         for k, v in (properties or {}).items():
             args += ["--property", f"{k}={v}"]
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
@@ -93,7 +96,7 @@ class Stack:
     address after bootstrap stay behind the filter, and the sidecar in front of it."""
 
     def __init__(self, tmp, chunk=0, workers=1, config="{}", log_level="warn", properties=None,
-                 advertise=None):
+                 advertise=None, buffer_limit=None):
         assert WASM.exists(), f"{WASM} missing: run `make build`"
         assert SIDECAR.exists(), f"{SIDECAR} missing: run `make build`"
         self.broker_port = free_port()
@@ -109,7 +112,8 @@ class Stack:
             stdout=self.tansu_log, stderr=subprocess.STDOUT)
         wait_port(self.broker_port)
         self.sidecar = Sidecar(tmp, f"127.0.0.1:{self.broker_port}", chunk, workers, config,
-                               port=sidecar_port, log_level=log_level, properties=properties)
+                               port=sidecar_port, log_level=log_level, properties=properties,
+                               buffer_limit=buffer_limit)
         self.bootstrap = self.sidecar.bootstrap
 
     def stop(self):
@@ -136,3 +140,15 @@ def stack_factory(tmp_session):
     yield make
     for st in made:
         st.stop()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Lines a test left in its user_properties under "summary" (the load test's throughput
+    per mode), shown after the run even when output is captured."""
+    lines = [value for reports in terminalreporter.stats.values() for r in reports
+             if getattr(r, "when", None) == "call"
+             for key, value in getattr(r, "user_properties", []) if key == "summary"]
+    if lines:
+        terminalreporter.section("summary")
+        for line in lines:
+            terminalreporter.write_line(line)
