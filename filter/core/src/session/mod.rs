@@ -639,7 +639,7 @@ impl Session {
             Phase::Head { .. } if !may_edit && st.head.len() >= 4 => None,
             _ => st.keep_from(),
         };
-        let Some(p) = keep.filter(|p| *p <= len) else {
+        let Some(p) = keep.filter(|p| *p < len) else {
             // Everything goes. A held frame cut short by the end of the stream goes out as it
             // came: its bytes already moved into the VM are put back in front.
             if let Phase::Hold { taken, .. } = st.phase {

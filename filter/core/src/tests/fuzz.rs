@@ -133,6 +133,88 @@ fn corpus() -> Vec<(Vec<u8>, Vec<u8>)> {
         encode_request(&hdr(18, 3, 6), &ApiVersionsRequest::default(), 3),
         encode_response(6, &ApiVersionsResponse::default(), 3),
     ));
+    // Large frames, so that reads end inside heads and guarded fields of buffers over the
+    // pause bound (the cut-and-stash path), and responses exceed maxBufferedFrameBytes.
+    let big = |n: usize| Bytes::from(record_batch(0, 5, n, 0));
+    let parts = |n: usize| {
+        (0..2)
+            .map(|i| {
+                produce_request::PartitionProduceData::default()
+                    .with_index(i)
+                    .with_records(Some(big(n)))
+            })
+            .collect::<Vec<_>>()
+    };
+    let req = ProduceRequest::default()
+        .with_acks(-1)
+        .with_topic_data(vec![
+            produce_request::TopicProduceData::default()
+                .with_name(name("orders.a"))
+                .with_partition_data(parts(6000)),
+            produce_request::TopicProduceData::default()
+                .with_name(name("payments"))
+                .with_partition_data(parts(3000)),
+            produce_request::TopicProduceData::default()
+                .with_name(name("orders.b"))
+                .with_partition_data(parts(80)),
+        ]);
+    let resp = ProduceResponse::default().with_responses(
+        ["orders.a", "!!!!!!!!", "orders.b"]
+            .iter()
+            .map(|t| {
+                produce_response::TopicProduceResponse::default()
+                    .with_name(name(t))
+                    .with_partition_responses(vec![
+                        produce_response::PartitionProduceResponse::default().with_index(0),
+                        produce_response::PartitionProduceResponse::default().with_index(1),
+                    ])
+            })
+            .collect(),
+    );
+    out.push((
+        encode_request(&hdr(0, 9, 7), &req, 9),
+        encode_response(7, &resp, 9),
+    ));
+    let md = MetadataResponse::default()
+        .with_brokers(vec![metadata_response::MetadataResponseBroker::default()
+            .with_host(StrBytes::from_static_str("broker-0.internal"))
+            .with_port(9092)])
+        .with_topics(
+            (0..120)
+                .map(|i| {
+                    metadata_response::MetadataResponseTopic::default()
+                        .with_name(Some(TopicName(StrBytes::from_string(format!(
+                            "{}-{i}",
+                            if i % 2 == 0 { "orders.x" } else { "secret" }
+                        )))))
+                        .with_topic_id(uuid::Uuid::from_bytes([i as u8; 16]))
+                })
+                .collect(),
+        );
+    out.push((
+        encode_request(
+            &hdr(3, 12, 8),
+            &MetadataRequest::default().with_topics(None),
+            12,
+        ),
+        encode_response(8, &md, 12),
+    ));
+    let fr = FetchResponse::default()
+        .with_responses(vec![fetch_response::FetchableTopicResponse::default()
+            .with_topic_id(uuid::Uuid::from_bytes([1; 16]))
+            .with_partitions(vec![fetch_response::PartitionData::default()
+                .with_high_watermark(9)
+                .with_records(Some(big(9000)))])])
+        .with_node_endpoints(vec![fetch_response::NodeEndpoint::default()
+            .with_host(StrBytes::from_static_str("broker-0.internal"))
+            .with_port(9092)]);
+    let fq = FetchRequest::default().with_topics(vec![fetch_request::FetchTopic::default()
+        .with_topic_id(uuid::Uuid::from_bytes([1; 16]))
+        .with_partitions(vec![fetch_request::FetchPartition::default()])]);
+    out.push((
+        encode_request(&hdr(1, 16, 9), &fq, 16),
+        encode_response(9, &fr, 16),
+    ));
     out
 }
 
