@@ -7,7 +7,7 @@ SIDECAR := target/sidecar/wasm-sidecar
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: all setup build wasm sidecar test unit integration e2e manifests lint fmt demo bench clean
+.PHONY: all setup build wasm sidecar noop-wasm test unit integration e2e manifests lint fmt demo bench clean
 
 all: build
 
@@ -58,8 +58,18 @@ test: setup lint build unit integration manifests e2e
 demo: setup build
 	$(PY) tests/e2e/demo.py
 
-bench:
+## noop-wasm: the no-op proxy-wasm filter (bench/noop-filter), the sidecar baseline of `make bench`
+noop-wasm:
+	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
+	cargo build --release -p kafka-mesh-noop-filter --target $(WASM_TARGET)
+
+## bench: criterion benches of the session, then, in the same run, end-to-end throughput (direct,
+## no-op filter, each filter mode) and VM cost per MiB (bench/e2e/run.py, see bench/README.md).
+## BENCH_E2E_ARGS passes options to run.py (e.g. `--mb 200 --repeat 3`, `--no-measure`).
+BENCH_E2E_ARGS ?=
+bench: setup build noop-wasm
 	cargo bench -p kafka-mesh-bench
+	$(PY) bench/e2e/run.py $(BENCH_E2E_ARGS)
 
 clean:
 	cargo clean

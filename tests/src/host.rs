@@ -9,7 +9,7 @@
 //! One [`Vm`] is one Wasm instance, as Envoy runs one per worker thread; stats, shared data and
 //! logs live in a process-wide [`Process`] shared by all VMs, as in Envoy.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -41,6 +41,103 @@ pub mod buffer {
 /// Envoy's default `per_connection_buffer_limit_bytes`: past it Envoy stops reading.
 pub const DEFAULT_BUFFER_LIMIT: usize = 1024 * 1024;
 
+/// What one VM cost, for `make bench` (measurement only: counting never changes what a call
+/// does or returns). Host calls and copied bytes are always counted; wasm fuel only when the
+/// engine was built with `Config::consume_fuel` (then the store gets a budget it never
+/// exhausts), because fuel instrumentation slows the VM down.
+#[derive(Debug, Clone, Default)]
+pub struct VmCounters {
+    /// Calls the module made to each host function (import), by name.
+    pub host_calls: BTreeMap<&'static str, u64>,
+    /// Bytes the host copied into VM memory, by the host function that returned them
+    /// (`proxy_get_buffer_bytes`, `proxy_get_property`, shared data, ...). The small
+    /// out-parameters (sizes, pointers, 8-byte timestamps, metric values) are not counted.
+    pub copied_in: BTreeMap<&'static str, u64>,
+    /// Bytes the host read out of VM memory, by host function (`proxy_set_buffer_bytes`,
+    /// `proxy_log`, property paths, metric names, ...).
+    pub copied_out: BTreeMap<&'static str, u64>,
+    /// Calls the host made into the module (callbacks), by export name.
+    pub callbacks: BTreeMap<&'static str, u64>,
+    /// Wasm fuel consumed per callback (wasmtime: about one unit per executed wasm
+    /// instruction; `nop`, `drop`, `block`, `loop` cost 0). Empty unless `fuel_enabled`.
+    pub fuel: BTreeMap<&'static str, u64>,
+    /// All fuel consumed since the VM started, including `_initialize`.
+    pub fuel_total: u64,
+    pub fuel_enabled: bool,
+    /// New bytes handed to `proxy_on_downstream_data` / `proxy_on_upstream_data`: the traffic
+    /// the filter saw, [downstream, upstream].
+    pub data_bytes: [u64; 2],
+    /// The host function running now, to attribute copied bytes.
+    current_import: &'static str,
+}
+
+impl VmCounters {
+    pub fn host_calls_total(&self) -> u64 {
+        self.host_calls.values().sum()
+    }
+
+    /// Add another VM's counters (a process total over workers).
+    pub fn add(&mut self, o: &VmCounters) {
+        for (mine, theirs) in [
+            (&mut self.host_calls, &o.host_calls),
+            (&mut self.copied_in, &o.copied_in),
+            (&mut self.copied_out, &o.copied_out),
+            (&mut self.callbacks, &o.callbacks),
+            (&mut self.fuel, &o.fuel),
+        ] {
+            for (k, v) in theirs {
+                *mine.entry(k).or_default() += v;
+            }
+        }
+        self.fuel_total += o.fuel_total;
+        self.fuel_enabled |= o.fuel_enabled;
+        self.data_bytes[0] += o.data_bytes[0];
+        self.data_bytes[1] += o.data_bytes[1];
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        let map = |m: &BTreeMap<&'static str, u64>| {
+            serde_json::Value::Object(
+                m.iter()
+                    .map(|(k, v)| ((*k).to_string(), serde_json::Value::from(*v)))
+                    .collect(),
+            )
+        };
+        serde_json::json!({
+            "host_calls_total": self.host_calls_total(),
+            "host_calls": map(&self.host_calls),
+            "copied_in_total": self.copied_in.values().sum::<u64>(),
+            "copied_in": map(&self.copied_in),
+            "copied_out_total": self.copied_out.values().sum::<u64>(),
+            "copied_out": map(&self.copied_out),
+            "callbacks_total": self.callbacks.values().sum::<u64>(),
+            "callbacks": map(&self.callbacks),
+            "fuel_enabled": self.fuel_enabled,
+            "fuel_total": self.fuel_total,
+            "fuel": map(&self.fuel),
+            "data_bytes_downstream": self.data_bytes[0],
+            "data_bytes_upstream": self.data_bytes[1],
+        })
+    }
+}
+
+/// Measurement: count a host call and remember which one is running.
+fn hit(c: &mut Caller<'_, HostState>, name: &'static str) {
+    let k = &mut c.data_mut().counters;
+    *k.host_calls.entry(name).or_default() += 1;
+    k.current_import = name;
+}
+
+fn count_copy(c: &mut Caller<'_, HostState>, into_vm: bool, n: usize) {
+    let k = &mut c.data_mut().counters;
+    let m = if into_vm {
+        &mut k.copied_in
+    } else {
+        &mut k.copied_out
+    };
+    *m.entry(k.current_import).or_default() += n as u64;
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogLine {
     pub level: i32,
@@ -60,6 +157,8 @@ pub struct Process {
     pub logs: Mutex<Vec<LogLine>>,
     /// Echo logs at or above this level to stderr (Envoy log levels: 0 trace .. 5 critical).
     pub echo_level: Mutex<Option<i32>>,
+    /// Measurement only: the latest [`VmCounters`] snapshot each worker published, by worker.
+    pub vm_counters: Mutex<BTreeMap<usize, VmCounters>>,
 }
 
 impl Process {
@@ -142,6 +241,7 @@ struct HostState {
     memory: Option<Memory>,
     alloc: Option<TypedFunc<i32, i32>>,
     status: (u32, Vec<u8>),
+    counters: VmCounters,
 }
 
 /// What a data callback did with the connection's buffer.
@@ -185,9 +285,12 @@ fn mem(caller: &mut Caller<'_, HostState>) -> Option<Memory> {
 fn read_bytes(caller: &mut Caller<'_, HostState>, ptr: i32, len: i32) -> Option<Vec<u8>> {
     let m = mem(caller)?;
     let (ptr, len) = (ptr as u32 as usize, len as u32 as usize);
-    m.data(&caller)
+    let b = m
+        .data(&caller)
         .get(ptr..ptr.checked_add(len)?)
-        .map(<[u8]>::to_vec)
+        .map(<[u8]>::to_vec)?;
+    count_copy(caller, false, b.len());
+    Some(b)
 }
 
 fn write_u32(caller: &mut Caller<'_, HostState>, ptr: i32, v: u32) -> bool {
@@ -229,6 +332,7 @@ fn return_bytes(
     if p == 0 || !write_bytes(caller, p, data) {
         return Ok(status::INVALID_MEMORY_ACCESS);
     }
+    count_copy(caller, true, data.len());
     if !write_u32(caller, ptr_ptr, p as u32) || !write_u32(caller, size_ptr, data.len() as u32) {
         return Ok(status::INVALID_MEMORY_ACCESS);
     }
@@ -256,6 +360,7 @@ fn linker(engine: &Engine) -> Result<Linker<HostState>> {
         "env",
         "proxy_log",
         |mut c: Caller<'_, HostState>, level: i32, p: i32, n: i32| -> i32 {
+            hit(&mut c, "proxy_log");
             let Some(b) = read_bytes(&mut c, p, n) else {
                 return status::INVALID_MEMORY_ACCESS;
             };
@@ -273,6 +378,7 @@ fn linker(engine: &Engine) -> Result<Linker<HostState>> {
         "env",
         "proxy_get_log_level",
         |mut c: Caller<'_, HostState>, p: i32| -> i32 {
+            hit(&mut c, "proxy_get_log_level");
             // Envoy's default log level is info (2).
             if write_u32(&mut c, p, 2) {
                 status::OK
@@ -285,6 +391,7 @@ fn linker(engine: &Engine) -> Result<Linker<HostState>> {
         "env",
         "proxy_get_current_time_nanoseconds",
         |mut c: Caller<'_, HostState>, p: i32| -> i32 {
+            hit(&mut c, "proxy_get_current_time_nanoseconds");
             let ns = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64);
@@ -299,6 +406,7 @@ fn linker(engine: &Engine) -> Result<Linker<HostState>> {
         "env",
         "proxy_set_tick_period_milliseconds",
         |mut c: Caller<'_, HostState>, ms: i32| -> i32 {
+            hit(&mut c, "proxy_set_tick_period_milliseconds");
             c.data_mut().tick_period_ms = ms as u32;
             status::OK
         },
@@ -307,6 +415,7 @@ fn linker(engine: &Engine) -> Result<Linker<HostState>> {
         "env",
         "proxy_get_status",
         |mut c: Caller<'_, HostState>, code_p: i32, pp: i32, sp: i32| -> Result<i32> {
+            hit(&mut c, "proxy_get_status");
             let (code, msg) = c.data().status.clone();
             if !write_u32(&mut c, code_p, code) {
                 return Ok(status::INVALID_MEMORY_ACCESS);
@@ -318,6 +427,7 @@ fn linker(engine: &Engine) -> Result<Linker<HostState>> {
         "env",
         "proxy_set_effective_context",
         |mut c: Caller<'_, HostState>, id: i32| -> i32 {
+            hit(&mut c, "proxy_set_effective_context");
             // [cpp-host] exports.cc set_effective_context: unknown ids are BadArgument.
             let id = id as u32;
             let s = c.data_mut();
@@ -328,7 +438,8 @@ fn linker(engine: &Engine) -> Result<Linker<HostState>> {
             status::OK
         },
     )?;
-    l.func_wrap("env", "proxy_done", |_c: Caller<'_, HostState>| -> i32 {
+    l.func_wrap("env", "proxy_done", |mut c: Caller<'_, HostState>| -> i32 {
+        hit(&mut c, "proxy_done");
         status::OK
     })?;
 
@@ -343,6 +454,7 @@ fn linker(engine: &Engine) -> Result<Linker<HostState>> {
          pp: i32,
          sp: i32|
          -> Result<i32> {
+            hit(&mut c, "proxy_get_buffer_bytes");
             // [cpp-host] exports.cc get_buffer_bytes
             if !(0..=buffer::MAX).contains(&ty) {
                 return Ok(status::BAD_ARGUMENT);
@@ -392,6 +504,7 @@ fn linker(engine: &Engine) -> Result<Linker<HostState>> {
         "env",
         "proxy_set_buffer_bytes",
         |mut c: Caller<'_, HostState>, ty: i32, start: i32, size: i32, p: i32, n: i32| -> i32 {
+            hit(&mut c, "proxy_set_buffer_bytes");
             if !(0..=buffer::MAX).contains(&ty) {
                 return status::BAD_ARGUMENT;
             }
@@ -438,6 +551,7 @@ fn linker(engine: &Engine) -> Result<Linker<HostState>> {
         "env",
         "proxy_get_buffer_status",
         |mut c: Caller<'_, HostState>, ty: i32, lp: i32, fp: i32| -> i32 {
+            hit(&mut c, "proxy_get_buffer_status");
             let s = c.data();
             let len = match ty {
                 buffer::DOWNSTREAM_DATA | buffer::UPSTREAM_DATA if s.active_buffer == Some(ty) => {
@@ -468,6 +582,7 @@ fn linker(engine: &Engine) -> Result<Linker<HostState>> {
         "env",
         "proxy_get_property",
         |mut c: Caller<'_, HostState>, p: i32, n: i32, pp: i32, sp: i32| -> Result<i32> {
+            hit(&mut c, "proxy_get_property");
             let Some(path) = read_bytes(&mut c, p, n) else {
                 return Ok(status::INVALID_MEMORY_ACCESS);
             };
@@ -490,6 +605,7 @@ fn linker(engine: &Engine) -> Result<Linker<HostState>> {
         "env",
         "proxy_set_property",
         |mut c: Caller<'_, HostState>, p: i32, n: i32, vp: i32, vn: i32| -> i32 {
+            hit(&mut c, "proxy_set_property");
             let (Some(path), Some(v)) = (read_bytes(&mut c, p, n), read_bytes(&mut c, vp, vn))
             else {
                 return status::INVALID_MEMORY_ACCESS;
@@ -512,6 +628,7 @@ fn linker(engine: &Engine) -> Result<Linker<HostState>> {
         "env",
         "proxy_close_stream",
         |mut c: Caller<'_, HostState>, ty: i32| -> i32 {
+            hit(&mut c, "proxy_close_stream");
             // [envoy] Context::closeStream: Downstream and Upstream both close the downstream
             // connection with FlushWrite, deferred until the VM call returns.
             let s = c.data_mut();
@@ -530,6 +647,7 @@ fn linker(engine: &Engine) -> Result<Linker<HostState>> {
         "env",
         "proxy_continue_stream",
         |mut c: Caller<'_, HostState>, ty: i32| -> i32 {
+            hit(&mut c, "proxy_continue_stream");
             // [envoy] Context::continueStream: Downstream -> continueReading(); Upstream is
             // Unimplemented.
             let s = c.data_mut();
@@ -553,6 +671,7 @@ fn linker(engine: &Engine) -> Result<Linker<HostState>> {
         "env",
         "proxy_define_metric",
         |mut c: Caller<'_, HostState>, ty: i32, p: i32, n: i32, idp: i32| -> i32 {
+            hit(&mut c, "proxy_define_metric");
             let kind = match ty {
                 0 => Kind::Counter,
                 1 => Kind::Gauge,
@@ -583,7 +702,8 @@ fn linker(engine: &Engine) -> Result<Linker<HostState>> {
     l.func_wrap(
         "env",
         "proxy_increment_metric",
-        |c: Caller<'_, HostState>, id: i32, offset: i64| -> i32 {
+        |mut c: Caller<'_, HostState>, id: i32, offset: i64| -> i32 {
+            hit(&mut c, "proxy_increment_metric");
             let s = c.data();
             let Some((kind, name)) = s.metrics.get(&(id as u32)) else {
                 return status::NOT_FOUND;
@@ -609,7 +729,8 @@ fn linker(engine: &Engine) -> Result<Linker<HostState>> {
     l.func_wrap(
         "env",
         "proxy_record_metric",
-        |c: Caller<'_, HostState>, id: i32, value: i64| -> i32 {
+        |mut c: Caller<'_, HostState>, id: i32, value: i64| -> i32 {
+            hit(&mut c, "proxy_record_metric");
             let s = c.data();
             let Some((kind, name)) = s.metrics.get(&(id as u32)) else {
                 return status::NOT_FOUND;
@@ -636,6 +757,7 @@ fn linker(engine: &Engine) -> Result<Linker<HostState>> {
         "env",
         "proxy_get_metric",
         |mut c: Caller<'_, HostState>, id: i32, rp: i32| -> i32 {
+            hit(&mut c, "proxy_get_metric");
             let v = {
                 let s = c.data();
                 let Some((kind, name)) = s.metrics.get(&(id as u32)) else {
@@ -669,6 +791,7 @@ fn linker(engine: &Engine) -> Result<Linker<HostState>> {
          sp: i32,
          casp: i32|
          -> Result<i32> {
+            hit(&mut c, "proxy_get_shared_data");
             let Some(key) = read_bytes(&mut c, kp, kn) else {
                 return Ok(status::INVALID_MEMORY_ACCESS);
             };
@@ -692,6 +815,7 @@ fn linker(engine: &Engine) -> Result<Linker<HostState>> {
         "env",
         "proxy_set_shared_data",
         |mut c: Caller<'_, HostState>, kp: i32, kn: i32, vp: i32, vn: i32, cas: i32| -> i32 {
+            hit(&mut c, "proxy_set_shared_data");
             let (Some(key), Some(value)) = (read_bytes(&mut c, kp, kn), read_bytes(&mut c, vp, vn))
             else {
                 return status::INVALID_MEMORY_ACCESS;
@@ -721,6 +845,7 @@ fn linker(engine: &Engine) -> Result<Linker<HostState>> {
         "env",
         "proxy_register_shared_queue",
         |mut c: Caller<'_, HostState>, np: i32, nn: i32, idp: i32| -> i32 {
+            hit(&mut c, "proxy_register_shared_queue");
             let Some(name) = read_bytes(&mut c, np, nn) else {
                 return status::INVALID_MEMORY_ACCESS;
             };
@@ -748,6 +873,7 @@ fn linker(engine: &Engine) -> Result<Linker<HostState>> {
         "env",
         "proxy_resolve_shared_queue",
         |mut c: Caller<'_, HostState>, _vp: i32, _vn: i32, np: i32, nn: i32, idp: i32| -> i32 {
+            hit(&mut c, "proxy_resolve_shared_queue");
             let Some(name) = read_bytes(&mut c, np, nn) else {
                 return status::INVALID_MEMORY_ACCESS;
             };
@@ -770,6 +896,7 @@ fn linker(engine: &Engine) -> Result<Linker<HostState>> {
         "env",
         "proxy_enqueue_shared_queue",
         |mut c: Caller<'_, HostState>, id: i32, vp: i32, vn: i32| -> i32 {
+            hit(&mut c, "proxy_enqueue_shared_queue");
             let Some(v) = read_bytes(&mut c, vp, vn) else {
                 return status::INVALID_MEMORY_ACCESS;
             };
@@ -791,6 +918,7 @@ fn linker(engine: &Engine) -> Result<Linker<HostState>> {
         "env",
         "proxy_dequeue_shared_queue",
         |mut c: Caller<'_, HostState>, id: i32, pp: i32, sp: i32| -> Result<i32> {
+            hit(&mut c, "proxy_dequeue_shared_queue");
             let item = {
                 let Ok(mut q) = c.data().process.queues.lock() else {
                     return Ok(status::NOT_FOUND);
@@ -815,14 +943,18 @@ fn linker(engine: &Engine) -> Result<Linker<HostState>> {
     l.func_wrap(
         "env",
         "proxy_get_header_map_value",
-        |_c: Caller<'_, HostState>, _t: i32, _kp: i32, _kn: i32, _pp: i32, _sp: i32| -> i32 {
+        |mut c: Caller<'_, HostState>, _t: i32, _kp: i32, _kn: i32, _pp: i32, _sp: i32| -> i32 {
+            hit(&mut c, "proxy_get_header_map_value");
             status::NOT_FOUND
         },
     )?;
     l.func_wrap(
         "env",
         "proxy_get_header_map_pairs",
-        |_c: Caller<'_, HostState>, _t: i32, _pp: i32, _sp: i32| -> i32 { status::NOT_FOUND },
+        |mut c: Caller<'_, HostState>, _t: i32, _pp: i32, _sp: i32| -> i32 {
+            hit(&mut c, "proxy_get_header_map_pairs");
+            status::NOT_FOUND
+        },
     )?;
     for name in [
         "proxy_http_call",
@@ -848,6 +980,7 @@ fn linker(engine: &Engine) -> Result<Linker<HostState>> {
         "wasi_snapshot_preview1",
         "fd_write",
         |mut c: Caller<'_, HostState>, fd: i32, iovs: i32, n: i32, written: i32| -> i32 {
+            hit(&mut c, "fd_write");
             // stdout -> info, stderr -> error log; other fds are EBADF (8).
             if fd != 1 && fd != 2 {
                 return 8;
@@ -879,6 +1012,7 @@ fn linker(engine: &Engine) -> Result<Linker<HostState>> {
         "wasi_snapshot_preview1",
         "environ_sizes_get",
         |mut c: Caller<'_, HostState>, cp: i32, sp: i32| -> i32 {
+            hit(&mut c, "environ_sizes_get");
             if write_u32(&mut c, cp, 0) && write_u32(&mut c, sp, 0) {
                 0
             } else {
@@ -889,12 +1023,16 @@ fn linker(engine: &Engine) -> Result<Linker<HostState>> {
     l.func_wrap(
         "wasi_snapshot_preview1",
         "environ_get",
-        |_c: Caller<'_, HostState>, _a: i32, _b: i32| -> i32 { 0 },
+        |mut c: Caller<'_, HostState>, _a: i32, _b: i32| -> i32 {
+            hit(&mut c, "environ_get");
+            0
+        },
     )?;
     l.func_wrap(
         "wasi_snapshot_preview1",
         "args_sizes_get",
         |mut c: Caller<'_, HostState>, cp: i32, sp: i32| -> i32 {
+            hit(&mut c, "args_sizes_get");
             if write_u32(&mut c, cp, 0) && write_u32(&mut c, sp, 0) {
                 0
             } else {
@@ -905,12 +1043,16 @@ fn linker(engine: &Engine) -> Result<Linker<HostState>> {
     l.func_wrap(
         "wasi_snapshot_preview1",
         "args_get",
-        |_c: Caller<'_, HostState>, _a: i32, _b: i32| -> i32 { 0 },
+        |mut c: Caller<'_, HostState>, _a: i32, _b: i32| -> i32 {
+            hit(&mut c, "args_get");
+            0
+        },
     )?;
     l.func_wrap(
         "wasi_snapshot_preview1",
         "clock_time_get",
         |mut c: Caller<'_, HostState>, _id: i32, _prec: i64, rp: i32| -> i32 {
+            hit(&mut c, "clock_time_get");
             let ns = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64);
@@ -925,6 +1067,7 @@ fn linker(engine: &Engine) -> Result<Linker<HostState>> {
         "wasi_snapshot_preview1",
         "random_get",
         |mut c: Caller<'_, HostState>, p: i32, n: i32| -> i32 {
+            hit(&mut c, "random_get");
             let mut seed = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(1, |d| d.as_nanos() as u64)
@@ -938,6 +1081,7 @@ fn linker(engine: &Engine) -> Result<Linker<HostState>> {
                 })
                 .collect();
             if write_bytes(&mut c, p, &bytes) {
+                count_copy(&mut c, true, bytes.len());
                 0
             } else {
                 21
@@ -947,7 +1091,10 @@ fn linker(engine: &Engine) -> Result<Linker<HostState>> {
     l.func_wrap(
         "wasi_snapshot_preview1",
         "proc_exit",
-        |_c: Caller<'_, HostState>, code: i32| -> Result<()> { bail!("proc_exit({code})") },
+        |mut c: Caller<'_, HostState>, code: i32| -> Result<()> {
+            hit(&mut c, "proc_exit");
+            bail!("proc_exit({code})")
+        },
     )?;
     Ok(l)
 }
@@ -996,8 +1143,12 @@ impl Vm {
             memory: None,
             alloc: None,
             status: (0, Vec::new()),
+            counters: VmCounters::default(),
         };
         let mut store = Store::new(engine, state);
+        // Measurement: with fuel on in the engine, a budget that never runs out; with it off
+        // (every test and throughput run) this fails and nothing changes.
+        store.data_mut().counters.fuel_enabled = store.set_fuel(u64::MAX).is_ok();
         // [cpp-host] a module importing a function the host lacks fails to load, naming it.
         for imp in module.imports() {
             if linker.get_by_import(&mut store, &imp).is_none() {
@@ -1076,14 +1227,39 @@ impl Vm {
         self.store.data().tick_period_ms
     }
 
-    fn call(&mut self, name: &str, args: &[i32], ret: bool) -> Result<i32> {
+    /// Measurement: what this VM has cost so far.
+    pub fn counters(&self) -> VmCounters {
+        let mut k = self.store.data().counters.clone();
+        if k.fuel_enabled {
+            k.fuel_total = u64::MAX - self.store.get_fuel().unwrap_or(u64::MAX);
+        }
+        k
+    }
+
+    fn call(&mut self, name: &'static str, args: &[i32], ret: bool) -> Result<i32> {
         let f = self
             .instance
             .get_func(&mut self.store, name)
             .ok_or_else(|| anyhow!("module does not export {name}"))?;
         let params: Vec<Val> = args.iter().map(|a| Val::I32(*a)).collect();
         let mut results = vec![Val::I32(0); if ret { 1 } else { 0 }];
+        *self
+            .store
+            .data_mut()
+            .counters
+            .callbacks
+            .entry(name)
+            .or_default() += 1;
+        let fuel_before = if self.store.data().counters.fuel_enabled {
+            self.store.get_fuel().ok()
+        } else {
+            None
+        };
         let r = f.call(&mut self.store, &params, &mut results);
+        if let Some(before) = fuel_before {
+            let used = before.saturating_sub(self.store.get_fuel().unwrap_or(before));
+            *self.store.data_mut().counters.fuel.entry(name).or_default() += used;
+        }
         self.store.data_mut().effective = None;
         match r {
             Ok(()) => Ok(results.first().and_then(Val::i32).unwrap_or(0)),
@@ -1097,11 +1273,11 @@ impl Vm {
         }
     }
 
-    fn call_i32(&mut self, name: &str, args: &[i32]) -> Result<i32> {
+    fn call_i32(&mut self, name: &'static str, args: &[i32]) -> Result<i32> {
         self.call(name, args, true)
     }
 
-    fn call_void(&mut self, name: &str, args: &[i32]) -> Result<()> {
+    fn call_void(&mut self, name: &'static str, args: &[i32]) -> Result<()> {
         self.call(name, args, false).map(|_| ())
     }
 
@@ -1154,6 +1330,8 @@ impl Vm {
             buf.extend_from_slice(bytes);
             buf.len()
         };
+        self.store.data_mut().counters.data_bytes[usize::from(dir == Dir::Upstream)] +=
+            bytes.len() as u64;
         let mut res = DataResult::default();
         let action = if self.failed {
             if fail_open {
@@ -1238,5 +1416,74 @@ impl Vm {
         let root = self.root_id;
         self.store.data_mut().current = root;
         self.call_void("proxy_on_tick", &[root as i32])
+    }
+}
+
+#[cfg(test)]
+mod measure_tests {
+    use super::*;
+
+    /// A minimal proxy-wasm module: on downstream data it reads 4 bytes of the buffer and
+    /// replaces the first 2 with "xy".
+    const WAT: &str = r#"(module
+      (import "env" "proxy_get_buffer_bytes" (func $get (param i32 i32 i32 i32 i32) (result i32)))
+      (import "env" "proxy_set_buffer_bytes" (func $set (param i32 i32 i32 i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (global $heap (mut i32) (i32.const 1024))
+      (data (i32.const 16) "xy")
+      (func (export "proxy_abi_version_0_2_1"))
+      (func (export "proxy_on_memory_allocate") (param $n i32) (result i32)
+        (local $p i32)
+        (local.set $p (global.get $heap))
+        (global.set $heap (i32.add (global.get $heap) (local.get $n)))
+        (local.get $p))
+      (func (export "proxy_on_context_create") (param i32 i32))
+      (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+      (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
+      (func (export "proxy_on_new_connection") (param i32) (result i32) (i32.const 0))
+      (func (export "proxy_on_downstream_data") (param i32 i32 i32) (result i32)
+        (drop (call $get (i32.const 2) (i32.const 0) (i32.const 4) (i32.const 0) (i32.const 8)))
+        (drop (call $set (i32.const 2) (i32.const 0) (i32.const 2) (i32.const 16) (i32.const 2)))
+        (i32.const 0)))"#;
+
+    fn run(fuel: bool) -> (DataResult, VmCounters) {
+        let mut config = wasmtime::Config::new();
+        config.consume_fuel(fuel);
+        let engine = Engine::new(&config).unwrap();
+        let module = compile(&engine, WAT.as_bytes()).unwrap();
+        let mut vm = Vm::start(&engine, &module, Process::new(), PluginSpec::default()).unwrap();
+        let id = vm.new_connection(HashMap::new()).unwrap();
+        let r = vm.data(id, Dir::Downstream, b"abcdefgh", false);
+        (r, vm.counters())
+    }
+
+    #[test]
+    fn counters_measure_without_changing_behaviour() {
+        let (plain, k) = run(false);
+        let (fueled, kf) = run(true);
+        assert_eq!(plain.forwarded, b"xycdefgh".to_vec());
+        assert_eq!(plain, fueled, "fuel must not change what the VM does");
+        assert_eq!(k.host_calls.get("proxy_get_buffer_bytes"), Some(&1));
+        assert_eq!(k.host_calls.get("proxy_set_buffer_bytes"), Some(&1));
+        assert_eq!(k.host_calls_total(), 2);
+        assert_eq!(k.copied_in.get("proxy_get_buffer_bytes"), Some(&4));
+        assert_eq!(k.copied_out.get("proxy_set_buffer_bytes"), Some(&2));
+        assert_eq!(k.callbacks.get("proxy_on_downstream_data"), Some(&1));
+        assert_eq!(k.data_bytes, [8, 0]);
+        assert!(!k.fuel_enabled && k.fuel_total == 0 && k.fuel.is_empty());
+        assert_eq!(k.host_calls, kf.host_calls);
+        assert_eq!(k.copied_in, kf.copied_in);
+        let on_data = kf
+            .fuel
+            .get("proxy_on_downstream_data")
+            .copied()
+            .unwrap_or(0);
+        assert!(
+            kf.fuel_enabled && on_data > 0 && kf.fuel_total >= on_data,
+            "{kf:?}"
+        );
+        let j = kf.to_json();
+        assert_eq!(j["host_calls_total"], 2);
+        assert_eq!(j["copied_in_total"], 4);
     }
 }

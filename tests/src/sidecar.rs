@@ -8,7 +8,10 @@
 //! - A paused buffer keeps accumulating; past `--buffer-limit` (Envoy's 1 MiB
 //!   `per_connection_buffer_limit_bytes` default) the relay stops reading that side, as Envoy's
 //!   read-disable on the high watermark does.
-//! - `--admin ADDR` serves `/stats/prometheus` and `/ready`.
+//! - `--admin ADDR` serves `/stats/prometheus`, `/ready` and, for `make bench`, `/stats/vm`:
+//!   each worker VM's [`VmCounters`] (host calls, bytes copied in and out of the VM, callbacks,
+//!   and with `--measure` wasm fuel) as JSON, republished by every worker every 50 ms and
+//!   whenever a connection closes.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -21,7 +24,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use wasmtime::{Engine, Module};
 
-use crate::host::{Dir, PluginSpec, Process, Vm, DEFAULT_BUFFER_LIMIT};
+use crate::host::{Dir, PluginSpec, Process, Vm, VmCounters, DEFAULT_BUFFER_LIMIT};
 
 #[derive(Clone)]
 pub struct Options {
@@ -35,6 +38,9 @@ pub struct Options {
     pub buffer_limit: usize,
     /// Properties every connection reports (e.g. a SPIFFE principal, as Istio's mTLS gives).
     pub conn_props: HashMap<String, Vec<u8>>,
+    /// Measurement: run the VMs with wasmtime fuel on, so `/stats/vm` reports wasm
+    /// instructions. Slows the VM down; never on for throughput runs or tests.
+    pub measure: bool,
 }
 
 impl Options {
@@ -49,6 +55,7 @@ impl Options {
             chunk: 0,
             buffer_limit: DEFAULT_BUFFER_LIMIT,
             conn_props: HashMap::new(),
+            measure: false,
         }
     }
 }
@@ -58,6 +65,7 @@ impl Options {
 pub fn run(opts: Options, process: Arc<Process>) -> Result<()> {
     let mut config = wasmtime::Config::new();
     config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+    config.consume_fuel(opts.measure);
     let engine = Engine::new(&config)?;
     let module = crate::host::compile(&engine, &opts.wasm)?;
     let mut senders = Vec::new();
@@ -139,6 +147,15 @@ fn worker(
     };
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
+        // Measurement: publish this VM's counters for `/stats/vm`.
+        let cvm = vm.clone();
+        let cprocess = process.clone();
+        tokio::task::spawn_local(async move {
+            loop {
+                publish_counters(w, &cvm, &cprocess);
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        });
         // tick timer, as Envoy's root context timer
         let tvm = vm.clone();
         tokio::task::spawn_local(async move {
@@ -155,10 +172,12 @@ fn worker(
         while let Some(sock) = rx.recv().await {
             let vm = vm.clone();
             let opts = opts.clone();
+            let process = process.clone();
             tokio::task::spawn_local(async move {
-                if let Err(e) = relay(vm, sock, &opts).await {
+                if let Err(e) = relay(vm.clone(), sock, &opts).await {
                     eprintln!("wasm-sidecar: connection ended: {e:#}");
                 }
+                publish_counters(w, &vm, &process);
             });
         }
     });
@@ -231,6 +250,28 @@ async fn relay(vm: Rc<RefCell<Vm>>, sock: std::net::TcpStream, opts: &Options) -
     result
 }
 
+fn publish_counters(w: usize, vm: &Rc<RefCell<Vm>>, process: &Process) {
+    let Ok(vm) = vm.try_borrow() else { return };
+    let snapshot = vm.counters();
+    if let Ok(mut m) = process.vm_counters.lock() {
+        m.insert(w, snapshot);
+    }
+}
+
+/// `/stats/vm`: every worker's counters and their sum.
+fn vm_stats_json(process: &Process) -> String {
+    let Ok(m) = process.vm_counters.lock() else {
+        return "{}".into();
+    };
+    let mut total = VmCounters::default();
+    let mut workers = serde_json::Map::new();
+    for (w, k) in m.iter() {
+        total.add(k);
+        workers.insert(w.to_string(), k.to_json());
+    }
+    serde_json::json!({"total": total.to_json(), "workers": workers}).to_string()
+}
+
 async fn serve_admin(listener: TcpListener, process: Arc<Process>) {
     loop {
         let Ok((mut sock, _)) = listener.accept().await else {
@@ -246,8 +287,13 @@ async fn serve_admin(listener: TcpListener, process: Arc<Process>) {
                 .unwrap_or("")
                 .to_string();
             let path = line.split_whitespace().nth(1).unwrap_or("/");
+            let mut content_type = "text/plain; version=0.0.4";
             let (code, body) = match path {
                 "/ready" => ("200 OK", "LIVE\n".to_string()),
+                "/stats/vm" => {
+                    content_type = "application/json";
+                    ("200 OK", vm_stats_json(&process))
+                }
                 "/stats/prometheus" => (
                     "200 OK",
                     process
@@ -259,7 +305,7 @@ async fn serve_admin(listener: TcpListener, process: Arc<Process>) {
                 _ => ("404 Not Found", "not found\n".to_string()),
             };
             let resp = format!(
-                "HTTP/1.1 {code}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                "HTTP/1.1 {code}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                 body.len()
             );
             let _ = sock.write_all(resp.as_bytes()).await;

@@ -1,11 +1,15 @@
 //! wasm-sidecar --listen ADDR --upstream ADDR --wasm PATH --config PATH [--admin ADDR]
 //!              [--workers N] [--chunk BYTES] [--buffer-limit BYTES] [--fail-open]
 //!              [--property KEY=VALUE]... [--log-level LEVEL] [--stats-config PATH|none]
+//!              [--measure]
 //!
 //! `--stats-config` is the `stats_config` fragment of an Envoy bootstrap (its `stats_tags`);
 //! the default is the one this project ships in `wasm-plugin-manifests/envoy/`, so
 //! `/stats/prometheus` shows what Envoy shows when deployed as the README says. `none` shows
 //! what an Envoy without those tags shows.
+//!
+//! `--measure` (for `make bench`) turns wasmtime fuel on, so `/stats/vm` on the admin port
+//! reports wasm instructions per callback. It slows the VM; throughput runs leave it off.
 
 use std::sync::Arc;
 
@@ -16,7 +20,7 @@ use kafka_mesh_testhost::sidecar::{run, Options};
 const USAGE: &str = "usage: wasm-sidecar --listen ADDR --upstream ADDR --wasm PATH --config PATH \
 [--admin ADDR] [--workers N] [--chunk BYTES] [--buffer-limit BYTES] [--fail-open] \
 [--property KEY=VALUE]... [--log-level trace|debug|info|warn|error|critical] \
-[--stats-config PATH|none]";
+[--stats-config PATH|none] [--measure]";
 
 fn main() {
     if let Err(e) = real_main() {
@@ -32,6 +36,7 @@ fn real_main() -> Result<()> {
         (None, 1usize, 0usize, None, false);
     let mut props = Vec::new();
     let mut log_level = 3; // warn
+    let mut measure = false;
     let mut stats_config = Some(kafka_mesh_testhost::stats::OUR_STATS_CONFIG.to_string());
     while let Some(a) = args.next() {
         let mut val = || {
@@ -48,6 +53,7 @@ fn real_main() -> Result<()> {
             "--chunk" => chunk = val()?.parse().context("--chunk")?,
             "--buffer-limit" => limit = Some(val()?.parse().context("--buffer-limit")?),
             "--fail-open" => fail_open = true,
+            "--measure" => measure = true,
             "--property" => props.push(val()?),
             "--stats-config" => {
                 let v = val()?;
@@ -90,6 +96,7 @@ fn real_main() -> Result<()> {
         opts.buffer_limit = l;
     }
     opts.spec.fail_open = fail_open;
+    opts.measure = measure;
     for p in props {
         let (k, v) = p.split_once('=').context("--property wants KEY=VALUE")?;
         opts.conn_props.insert(k.to_string(), v.as_bytes().to_vec());
