@@ -738,6 +738,62 @@ impl Walker {
         self.mode == Mode::Done
     }
 
+    /// How many bytes the next step needs at least, given the `have` bytes at the walk's
+    /// position (a lower bound where a varint or a string's length is not in `have` yet).
+    /// The session reads exactly this much more from the host, not a fixed window: copying
+    /// bytes into the VM is a Wasm filter's main cost, and a record batch's 61-byte header is
+    /// read without any of its records.
+    pub fn need(&self, have: &[u8]) -> usize {
+        let varint_or = |n: usize| if self.flexible { 1 } else { n };
+        match self.mode {
+            Mode::Done => 0,
+            Mode::HeaderTags => 1,
+            Mode::Tags { left: 0, .. } => 0,
+            Mode::Tags { .. } => 2,
+            Mode::Records { left } => {
+                if left < (MAGIC_OFFSET as u64 + 1) {
+                    0
+                } else {
+                    left.min(BATCH_HEADER as u64) as usize
+                }
+            }
+            Mode::Fields => {
+                let Some(lvl) = self.stack.get(self.depth.wrapping_sub(1)) else {
+                    return 0;
+                };
+                let Some(field) = lvl.fields.get(lvl.idx) else {
+                    return usize::from(lvl.tags && !lvl.tags_done);
+                };
+                if self.version < field.min || self.version > field.max {
+                    return 0;
+                }
+                let fixed = |n: usize| if field.id == F::Skip { 0 } else { n };
+                match field.ty {
+                    I8 => fixed(1),
+                    I16 => fixed(2),
+                    I32 => fixed(4),
+                    I64 => fixed(8),
+                    Uuid => fixed(16),
+                    Str => {
+                        let prefix = varint_or(2);
+                        if field.id == F::Skip {
+                            return prefix;
+                        }
+                        let mut r = Reader::new(have);
+                        match str_len(&mut r, self.flexible, "str") {
+                            Ok(Some(n)) => r.position().saturating_add(n as usize),
+                            Ok(None) => r.position(),
+                            Err(_) => prefix,
+                        }
+                    }
+                    Bytes | Ty::Records => varint_or(4),
+                    I32Array | I64Array | Array(_) | Plain(_) => varint_or(4),
+                    Stop => 0,
+                }
+            }
+        }
+    }
+
     /// One step over the bytes at the walk's position. On `Err` nothing changed.
     pub fn step<'a>(&mut self, r: &mut Reader<'a>, emit: Emit<'_, 'a>) -> DecodeResult<Step> {
         match self.mode {
@@ -859,6 +915,19 @@ impl Walker {
             return Ok(Step::Advanced);
         }
         let name = field_name(field.id);
+        let skip_fixed = match field.ty {
+            I8 => Some(1u64),
+            I16 => Some(2),
+            I32 => Some(4),
+            I64 => Some(8),
+            Uuid => Some(16),
+            _ => None,
+        };
+        if let (F::Skip, Some(n)) = (field.id, skip_fixed) {
+            // A fixed-size field nobody reads streams past like a payload.
+            lvl.idx += 1;
+            return Ok(Step::Skip(n));
+        }
         let step = match field.ty {
             I8 => {
                 let v = r.i8(name)?;

@@ -128,13 +128,14 @@ impl Restore {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum TopicState {
+    /// The topic's name or id has not gone by yet.
     Open,
+    /// Allowed without constraints: nothing of it will be edited.
+    Allowed,
     /// Every partition of the topic is refused with this code (already neutralised).
     Denied,
     /// Allowed, with batch constraints of rule `rule` to check in each partition.
-    Constrained {
-        rule: usize,
-    },
+    Constrained { rule: usize },
 }
 
 /// The request side: decides and neutralises as the Produce request's fields go by.
@@ -415,6 +416,9 @@ impl ProduceGuard {
     /// Neutralise the current topic's name or id (the last `len` bytes of the step).
     fn deny_topic(&mut self, code: i16, len: usize) -> Seen {
         if code == 0 {
+            if self.state == TopicState::Open {
+                self.state = TopicState::Allowed;
+            }
             return Seen::Same;
         }
         self.state = TopicState::Denied;
@@ -546,6 +550,12 @@ impl ProduceGuard {
             target: Target::Back(BATCH_HEADER_BYTES as usize - PRODUCER_ID_OFFSET),
             data,
         });
+    }
+
+    /// Whether the bytes at the walk's position may still be edited (so they must not be
+    /// forwarded yet): not inside a topic that is allowed without constraints.
+    pub fn editable(&self) -> bool {
+        self.state != TopicState::Allowed
     }
 
     /// Edits to apply after the current step.

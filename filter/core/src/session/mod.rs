@@ -296,7 +296,6 @@ struct WalkState {
     skip: u64,
     /// Frame bytes not yet copied or skipped.
     remaining: u64,
-    window: usize,
     /// The access-log record finished when this frame's walk ends.
     access: Option<Box<AccessLog>>,
     /// Request side: whether a response is expected (the record then goes to the queue).
@@ -320,8 +319,12 @@ impl WalkState {
     /// Under a guard, the bytes of the field being read (the carry) and those from the mark
     /// on must stay editable: they are not forwarded yet.
     fn keep_from(&self, scan: usize) -> Option<usize> {
-        self.guard.as_ref()?;
-        let carry = (!self.carry.is_empty()).then(|| scan.saturating_sub(self.carry.len()));
+        let editable = match self.guard.as_ref()? {
+            WalkGuard::Produce(g) => g.editable(),
+            WalkGuard::Restore(_) | WalkGuard::Metadata(_) => true,
+        };
+        let carry =
+            (editable && !self.carry.is_empty()).then(|| scan.saturating_sub(self.carry.len()));
         match (self.mark, carry) {
             (Some(m), Some(c)) => Some(m.min(c)),
             (m, c) => m.or(c),
@@ -379,13 +382,13 @@ enum Phase {
 
 /// Head bytes asked for first; grows ×4 up to [`HEAD_MAX`] when a header is longer (a long
 /// client_id or transactional_id).
-const HEAD_INITIAL: usize = 128;
+const HEAD_INITIAL: usize = 64;
 /// The most of a frame's head ever collected: a 32 KiB client_id plus a 32 KiB
 /// transactional_id fit. Anything longer is malformed.
 pub const HEAD_MAX: usize = 4 + 8 + 2 + 32_767 + 6 + 32_767 + 2 + 64;
 const RESPONSE_HEAD: usize = 8;
-/// Bytes copied per walk read at first; grows ×4 up to [`HEAD_MAX`] for long strings.
-const WALK_WINDOW: usize = 128;
+/// The fewest bytes a walk read asks for (the walker says how many its next step needs).
+const WALK_MIN_READ: usize = 16;
 /// The largest buffer the session leaves in Envoy by pausing when it ends in an incomplete
 /// piece. Far below Istio's smallest connection buffer limit (32 KiB on gateways), so a pause
 /// never trips the read-disable watermark, and it bounds how long finished frames in front of
@@ -875,7 +878,6 @@ impl Session {
                                 carry,
                                 skip: 0,
                                 remaining,
-                                window: WALK_WINDOW,
                                 access: plan.access,
                                 expects_response: plan.expects_response,
                                 correlation_id: plan.correlation_id,
@@ -1511,17 +1513,21 @@ impl Session {
                     if ws.remaining == 0 {
                         return Err(body_err(e));
                     }
-                    if ws.carry.len() >= ws.window {
-                        if ws.window >= HEAD_MAX {
-                            return Err(body_err(DecodeError::Invalid {
-                                field: "field",
-                                reason: "longer than the walk limit",
-                            }));
-                        }
-                        ws.window = ws.window.saturating_mul(4).min(HEAD_MAX);
+                    // Read what the next step needs (at least WALK_MIN_READ, so that runs of
+                    // small fields take one host call), never a fixed window past it.
+                    let target = ws
+                        .walker
+                        .need(&ws.carry)
+                        .max(ws.carry.len() + 1)
+                        .max(WALK_MIN_READ);
+                    if target > HEAD_MAX {
+                        return Err(body_err(DecodeError::Invalid {
+                            field: "field",
+                            reason: "longer than the walk limit",
+                        }));
                     }
                     let avail = len.saturating_sub(st.scan) as u64;
-                    let want = (ws.window - ws.carry.len()) as u64;
+                    let want = (target - ws.carry.len()) as u64;
                     let n = want.min(ws.remaining).min(avail) as usize;
                     if n == 0 {
                         return Ok(false);
