@@ -1016,6 +1016,55 @@ fn failed_topic(
 
 const DENIED: &str = "denied by kafka-mesh-filter policy";
 
+/// The encoded TOPIC_AUTHORIZATION_FAILED entries of the topics a Metadata request named and
+/// the filter withheld from the broker, for prepending to a response too large to hold.
+pub fn metadata_failed_entries(
+    version: i16,
+    denied: &[(Option<String>, [u8; 16])],
+) -> DecodeResult<Vec<u8>> {
+    let mut out = Vec::new();
+    for (name, id) in denied {
+        let name = name
+            .clone()
+            .map(|n| kafka_protocol::messages::TopicName(StrBytes::from_string(n)));
+        out.extend(encode(&failed_topic(name, uuid_of(id)), version)?);
+    }
+    Ok(out)
+}
+
+/// Advance `r` (at the start of a Metadata response body) to its topics array: past
+/// `throttle_time_ms` (v3+), `brokers`, `cluster_id` (v2+) and `controller_id` (v1+), as in
+/// Kafka's `MetadataResponse.json`.
+pub fn skip_to_metadata_topics(r: &mut Reader<'_>, version: i16) -> DecodeResult<()> {
+    let flexible = api::api_info(api::METADATA).is_some_and(|a| a.is_flexible(version));
+    if version >= 3 {
+        r.i32("throttle_time_ms")?;
+    }
+    let n = if flexible {
+        r.uvarint("brokers")?.saturating_sub(1)
+    } else {
+        u32::try_from(r.i32("brokers")?.max(0)).unwrap_or(0)
+    };
+    for _ in 0..n {
+        r.i32("brokers.node_id")?;
+        r.string_v(flexible, "brokers.host")?;
+        r.i32("brokers.port")?;
+        if version >= 1 {
+            r.nullable_string_v(flexible, "brokers.rack")?;
+        }
+        if flexible {
+            r.skip_tagged_fields("brokers.tagged_fields")?;
+        }
+    }
+    if version >= 2 {
+        r.nullable_string_v(flexible, "cluster_id")?;
+    }
+    if version >= 1 {
+        r.i32("controller_id")?;
+    }
+    Ok(())
+}
+
 /// Topic-scoped admin requests: CreateTopics (create), CreatePartitions, DeleteRecords and
 /// topic resources of (Incremental)AlterConfigs (alter). Broker resources of AlterConfigs are
 /// governed by the API-key rules only.

@@ -1265,12 +1265,47 @@ impl Session {
                         if total <= self.cfg.max_buffered_frame_bytes as usize {
                             return Plan::Hold(HoldAction::ReplaceResponse);
                         }
-                        if !*all_topics || !denied.is_empty() {
-                            return Plan::Malformed(Malformed::PolicyClose {
-                                reason: format!(
-                                    "Metadata response of {total} bytes to a request naming denied topics exceeds maxBufferedFrameBytes and cannot be answered"
-                                ),
-                            });
+                        if !*all_topics {
+                            // Too large to hold: the denied topics' error entries go in front
+                            // of the broker's topics, in the head; the rest streams.
+                            let entries =
+                                match enforce::metadata_failed_entries(front.api_version, denied) {
+                                    Ok(e) => e,
+                                    Err(error) => {
+                                        return Plan::Malformed(Malformed::Decode {
+                                            api_key: Some(api::METADATA),
+                                            error,
+                                        })
+                                    }
+                                };
+                            let count = u32::try_from(denied.len()).unwrap_or(u32::MAX);
+                            match prepend_head(
+                                api::METADATA,
+                                front.api_version,
+                                head,
+                                count,
+                                &entries,
+                            ) {
+                                Ok(Some((old_len, new_head))) => {
+                                    front.splice = None;
+                                    return Plan::ReplaceHead { old_len, new_head };
+                                }
+                                Ok(None) if head.len() < total => return Plan::NeedMore,
+                                Ok(None) => {
+                                    return Plan::Malformed(Malformed::Decode {
+                                        api_key: Some(api::METADATA),
+                                        error: DecodeError::Truncated {
+                                            field: "metadata topics",
+                                        },
+                                    })
+                                }
+                                Err(error) => {
+                                    return Plan::Malformed(Malformed::Decode {
+                                        api_key: Some(api::METADATA),
+                                        error,
+                                    })
+                                }
+                            }
                         }
                         // An all-topics answer too large to hold streams; the topics the
                         // client may not describe are answered in place (MetadataGuard).
@@ -1960,22 +1995,42 @@ fn prepend_head(
     count: u32,
     entries: &[u8],
 ) -> Result<Option<(usize, Vec<u8>)>, DecodeError> {
-    let info = api::api_info(api_key);
-    let flexible = info.is_some_and(|a| a.is_flexible(version));
-    let header_v1 = info.is_some_and(|a| a.response_header_version(version) >= 1);
+    if api_key == api::METADATA {
+        // The topics array follows the variable-length brokers array and cluster id.
+        return prepend_head_at(api_key, version, head, count, entries, &mut |r| {
+            enforce::skip_to_metadata_topics(r, version)
+        });
+    }
     let Some(prefix) = enforce::prepend_prefix_len(api_key, version) else {
         return Err(DecodeError::Invalid {
             field: "splice",
             reason: "no topics array to prepend to",
         });
     };
+    prepend_head_at(api_key, version, head, count, entries, &mut |r| {
+        r.skip(prefix, "response prefix")
+    })
+}
+
+/// [`prepend_head`] with `to_array` moving a reader at the body's start to the array count.
+fn prepend_head_at(
+    api_key: i16,
+    version: i16,
+    head: &[u8],
+    count: u32,
+    entries: &[u8],
+    to_array: &mut dyn FnMut(&mut Reader<'_>) -> Result<(), DecodeError>,
+) -> Result<Option<(usize, Vec<u8>)>, DecodeError> {
+    let info = api::api_info(api_key);
+    let flexible = info.is_some_and(|a| a.is_flexible(version));
+    let header_v1 = info.is_some_and(|a| a.response_header_version(version) >= 1);
     let body = head.get(8..).unwrap_or(&[]);
     let mut r = Reader::new(body);
     let parsed = (|| -> Result<(usize, u32, usize), DecodeError> {
         if header_v1 {
             r.skip_tagged_fields("response_header.tagged_fields")?;
         }
-        r.skip(prefix, "response prefix")?;
+        to_array(&mut r)?;
         let at = r.position();
         let old = if flexible {
             r.uvarint("topics")?.saturating_sub(1)

@@ -1574,3 +1574,72 @@ fn every_held_kind_pipelined_under_every_chunking() {
         assert_eq!(q.out, want_back);
     }
 }
+
+#[test]
+fn a_named_metadata_answer_too_large_to_hold_gets_the_denied_topics_in_its_head() {
+    // The client names a denied topic and 55 allowed ones; the broker's answer (without
+    // the denied one) is over maxBufferedFrameBytes: the denied topic's error entry goes in
+    // front of the broker's topics and everything else streams. With address rewriting on,
+    // the brokers in the head are rewritten too.
+    for rewrite in [false, true] {
+        let extra = if rewrite {
+            r#""rewrite": {"nodeTemplate": "gw:{19092+nodeId}"}, "#
+        } else {
+            ""
+        };
+        let c = cfg(&POLICY.replace(
+            r#"{"policy""#,
+            &format!(r#"{{"maxBufferedFrameBytes": 2048, {extra}"policy""#),
+        ));
+        for v in [1i16, 4, 9, 12] {
+            let mut topics =
+                vec![metadata_request::MetadataRequestTopic::default()
+                    .with_name(Some(name("payments")))];
+            for i in 0..55 {
+                topics.push(
+                    metadata_request::MetadataRequestTopic::default().with_name(Some(TopicName(
+                        StrBytes::from_string(format!("orders.eu-{i:03}")),
+                    ))),
+                );
+            }
+            let req = MetadataRequest::default().with_topics(Some(topics));
+            let reqs = encode_request(&hdr(3, v, 9, "r"), &req, v);
+            for chunk in [1, 7, 4096, 1 << 20] {
+                let mut s = Session::new(c.clone());
+                let mut obs = Obs::default();
+                let p = pump(&mut s, Direction::Request, [&reqs[..]], false, &mut obs);
+                assert!(!p.closed, "{:?}", obs.malformed);
+                let (resps, seen) = broker(&p.out);
+                let fwd = MetadataRequest::decode(&mut seen[0].3.clone(), v).unwrap();
+                assert_eq!(
+                    fwd.topics.unwrap().len(),
+                    55,
+                    "payments never reaches the broker"
+                );
+                assert!(reqs.len() < 2048 && resps.len() > 2048);
+                let q = pump(
+                    &mut s,
+                    Direction::Response,
+                    resps.chunks(chunk),
+                    false,
+                    &mut obs,
+                );
+                assert!(!q.closed, "v{v} chunk {chunk}: {:?}", obs.malformed);
+                let (corr, r): (i32, MetadataResponse) = decode_resp(frames(&q.out)[0], v);
+                assert_eq!(corr, 9);
+                assert_eq!(r.topics.len(), 56);
+                let first = &r.topics[0];
+                assert_eq!(first.name.as_ref().unwrap().0.as_str(), "payments");
+                assert_eq!(first.error_code, 29);
+                assert!(r.topics[1..].iter().all(|t| t.error_code == 0));
+                let hosts: Vec<&str> = r.brokers.iter().map(|b| b.host.as_str()).collect();
+                if rewrite {
+                    assert_eq!(hosts, ["gw", "gw"], "v{v}");
+                } else {
+                    assert_eq!(hosts, ["broker-0.internal", "broker-1.internal"]);
+                }
+                assert_eq!(s.inflight(), 0);
+            }
+        }
+    }
+}
