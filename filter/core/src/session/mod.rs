@@ -417,7 +417,13 @@ struct DirState {
     head_gone: usize,
     /// The frame at the head was replaced and is being read again (see [`Redo`]).
     redo: Option<Redo>,
+    /// Same-length edits a guard made, not yet written into the host buffer: all the edits
+    /// of one callback go in with one drain-and-prepend (see [`flush_edits`]).
+    edits: Edits,
 }
+
+/// Pending in-place edits: (host offset, new bytes).
+type Edits = Vec<(usize, Vec<u8>)>;
 
 impl DirState {
     fn new(dir: Direction) -> Self {
@@ -431,6 +437,7 @@ impl DirState {
             held: Vec::new(),
             head_gone: 0,
             redo: None,
+            edits: Vec::new(),
         };
         st.window = st.initial_window(dir);
         st
@@ -580,16 +587,16 @@ impl Session {
             let m = Malformed::HostError {
                 what: "set_buffer_bytes",
             };
-            return self.give_up(dir, &m, obs);
+            return self.give_up(dir, buf, &m, obs);
         }
         let mut len = buf.len();
         let outcome = self.walk(dir, buf, &mut len, now_ns, obs);
         if let Err(m) = outcome {
-            return self.give_up(dir, &m, obs);
+            return self.give_up(dir, buf, &m, obs);
         }
         match self.settle(dir, buf, len, end_of_stream) {
             Ok(v) => v,
-            Err(m) => self.give_up(dir, &m, obs),
+            Err(m) => self.give_up(dir, buf, &m, obs),
         }
     }
 
@@ -643,6 +650,7 @@ impl Session {
             _ => st.keep_from(),
         };
         let Some(p) = keep.filter(|p| *p < len) else {
+            flush_edits(buf, &mut st.edits)?;
             // Everything goes. A held frame cut short by the end of the stream goes out as it
             // came: its bytes already moved into the VM are put back in front.
             if let Phase::Hold { taken, .. } = st.phase {
@@ -677,7 +685,12 @@ impl Session {
             // Small enough to leave in Envoy's buffer: pausing copies nothing, and the
             // bytes in front wait at most until the piece is complete or the buffer grows
             // past this bound.
+            flush_edits(buf, &mut st.edits)?;
             return Ok(Verdict::Pause);
+        }
+        // Edits are always in front of the kept piece; should one not be, it goes in first.
+        if st.edits.iter().any(|(at, d)| at + d.len() > p) {
+            flush_edits(buf, &mut st.edits)?;
         }
         if let Phase::Hold {
             start,
@@ -693,7 +706,7 @@ impl Session {
                 let more = read_exact(buf, start + copied, in_host - copied)?;
                 st.held.extend_from_slice(&more);
             }
-            cut_tail(buf, start, len)?;
+            cut_tail(buf, start, len, &mut st.edits)?;
             let st = self.dir_mut(dir);
             st.phase = Phase::Hold {
                 start: 0,
@@ -706,7 +719,7 @@ impl Session {
         }
         let tail = len - p;
         st.stash = read_exact(buf, p, tail)?;
-        cut_tail(buf, p, len)?;
+        cut_tail(buf, p, len, &mut st.edits)?;
         let st = self.dir_mut(dir);
         st.scan -= p.min(st.scan);
         match &mut st.phase {
@@ -728,7 +741,13 @@ impl Session {
         }
     }
 
-    fn give_up(&mut self, dir: Direction, m: &Malformed, obs: &mut dyn Observer) -> Verdict {
+    fn give_up(
+        &mut self,
+        dir: Direction,
+        buf: &mut dyn HostBuffer,
+        m: &Malformed,
+        obs: &mut dyn Observer,
+    ) -> Verdict {
         let action = self.cfg.on_malformed;
         let action = if matches!(m, Malformed::PolicyClose { .. }) {
             MalformedAction::Close
@@ -736,6 +755,16 @@ impl Session {
             action
         };
         obs.malformed(dir, m, action);
+        if action == MalformedAction::Passthrough {
+            // What the policy neutralised stays neutralised, even when parsing stops.
+            let st = self.dir_mut(dir);
+            if flush_edits(buf, &mut st.edits).is_err() {
+                self.closed = true;
+                return Verdict::Close;
+            }
+        }
+        self.req.edits.clear();
+        self.resp.edits.clear();
         self.inflight.clear();
         self.req.phase = Phase::Bypass;
         self.resp.phase = Phase::Bypass;
@@ -889,11 +918,7 @@ impl Session {
                             st.phase = Phase::Walk;
                         }
                         Plan::ReplaceHead { old_len, new_head } => {
-                            let mut out = if start > 0 {
-                                read_exact(buf, 0, start)?
-                            } else {
-                                Vec::new()
-                            };
+                            let mut out = prefix_for_replace(buf, start, &mut st.edits)?;
                             out.extend_from_slice(&new_head);
                             if !buf.replace_front(start + old_len, &out) {
                                 return Err(Malformed::HostError {
@@ -1536,7 +1561,7 @@ impl Session {
                     let used = r.position();
                     ws.carry.drain(..used);
                     if let Some(g) = ws.guard.as_mut() {
-                        apply_guard(g, &mut ws.mark, carry_start + used, buf, obs)?;
+                        apply_guard(g, &mut ws.mark, carry_start + used, buf, &mut st.edits, obs)?;
                     }
                     match step {
                         Step::Advanced => {}
@@ -1667,11 +1692,11 @@ impl Session {
             // Unchanged: the bytes moved into the VM go back.
             None => {
                 return self
-                    .replace_frame(buf, start, span, Some(frame))
+                    .replace_frame(dir, buf, start, span, Some(frame))
                     .map(|n| (n, again))
             }
         };
-        self.replace_frame(buf, start, span, Some(new))
+        self.replace_frame(dir, buf, start, span, Some(new))
             .map(|n| (n, again))
     }
 
@@ -1716,6 +1741,7 @@ impl Session {
     /// leaves the buffer untouched. Returns the frame's length now.
     fn replace_frame(
         &mut self,
+        dir: Direction,
         buf: &mut dyn HostBuffer,
         start: usize,
         span: usize,
@@ -1726,11 +1752,7 @@ impl Session {
         };
         // Envoy can only drain-and-prepend at the front, so whatever precedes the frame in
         // this buffer (at most what arrived with it) is copied and written back with it.
-        let mut out = if start > 0 {
-            read_exact(buf, 0, start)?
-        } else {
-            Vec::new()
-        };
+        let mut out = prefix_for_replace(buf, start, &mut self.dir_mut(dir).edits)?;
         out.extend_from_slice(&frame);
         if !buf.replace_front(start + span, &out) {
             return Err(Malformed::HostError {
@@ -2094,6 +2116,7 @@ fn apply_guard(
     mark: &mut Option<usize>,
     end: usize,
     buf: &mut dyn HostBuffer,
+    pending: &mut Edits,
     obs: &mut dyn Observer,
 ) -> Result<(), Malformed> {
     let (edits, op) = match g {
@@ -2125,7 +2148,12 @@ fn apply_guard(
                 what: "guard edit without a position",
             });
         };
-        edit_at(buf, at, &e.data)?;
+        if at.saturating_add(e.data.len()) > buf.len() {
+            return Err(Malformed::HostError {
+                what: "guard edit past the buffer",
+            });
+        }
+        pending.push((at, e.data));
     }
     match op {
         MarkOp::Keep => {}
@@ -2135,21 +2163,47 @@ fn apply_guard(
     Ok(())
 }
 
-/// Overwrite `data.len()` bytes at host offset `at`. Envoy cannot write mid-buffer: the
-/// bytes in front are copied out and written back with the new ones (drain and prepend).
-fn edit_at(buf: &mut dyn HostBuffer, at: usize, data: &[u8]) -> Result<(), Malformed> {
-    if at.saturating_add(data.len()) > buf.len() {
-        return Err(Malformed::HostError {
-            what: "guard edit past the buffer",
-        });
-    }
-    let mut out = if at > 0 {
-        read_exact(buf, 0, at)?
+/// The first `n` bytes of the host buffer with the pending edits inside them applied (and
+/// taken off the list): the copy a drain-and-prepend writes back.
+fn front_with_edits(
+    buf: &mut dyn HostBuffer,
+    n: usize,
+    edits: &mut Edits,
+) -> Result<Vec<u8>, Malformed> {
+    let mut out = if n > 0 {
+        read_exact(buf, 0, n)?
     } else {
         Vec::new()
     };
-    out.extend_from_slice(data);
-    if buf.replace_front(at + data.len(), &out) {
+    let mut err = None;
+    edits.retain(|(at, data)| {
+        let end = at.saturating_add(data.len());
+        if end > n {
+            return true;
+        }
+        match out.get_mut(*at..end) {
+            Some(dst) => dst.copy_from_slice(data),
+            None => err = Some(()),
+        }
+        false
+    });
+    match err {
+        Some(()) => Err(Malformed::HostError {
+            what: "guard edit outside the buffer",
+        }),
+        None => Ok(out),
+    }
+}
+
+/// Write every pending edit into the host buffer at once. Envoy cannot write mid-buffer
+/// (`Buffer::copyFrom`): the bytes through the last edit are copied out, patched and written
+/// back with one drain-and-prepend, so the edits of one callback cost one copy, not one each.
+fn flush_edits(buf: &mut dyn HostBuffer, edits: &mut Edits) -> Result<(), Malformed> {
+    let Some(end) = edits.iter().map(|(at, d)| at.saturating_add(d.len())).max() else {
+        return Ok(());
+    };
+    let bytes = front_with_edits(buf, end, edits)?;
+    if buf.replace_front(end, &bytes) {
         Ok(())
     } else {
         Err(Malformed::HostError {
@@ -2158,14 +2212,29 @@ fn edit_at(buf: &mut dyn HostBuffer, at: usize, data: &[u8]) -> Result<(), Malfo
     }
 }
 
+/// The bytes in front of a replacement at `start`, edits applied. An edit at or past
+/// `start` (never expected: edits are in frames already walked) is written in first, as the
+/// replacement would move it.
+fn prefix_for_replace(
+    buf: &mut dyn HostBuffer,
+    start: usize,
+    edits: &mut Edits,
+) -> Result<Vec<u8>, Malformed> {
+    if edits.iter().any(|(at, d)| at + d.len() > start) {
+        flush_edits(buf, edits)?;
+    }
+    front_with_edits(buf, start, edits)
+}
+
 /// Remove `[from, len)` from the end of the host buffer, keeping `[0, from)`: Envoy can only
 /// drain and prepend at the front, so the kept part is copied out and written back.
-fn cut_tail(buf: &mut dyn HostBuffer, from: usize, len: usize) -> Result<(), Malformed> {
-    let keep = if from > 0 {
-        read_exact(buf, 0, from)?
-    } else {
-        Vec::new()
-    };
+fn cut_tail(
+    buf: &mut dyn HostBuffer,
+    from: usize,
+    len: usize,
+    edits: &mut Edits,
+) -> Result<(), Malformed> {
+    let keep = prefix_for_replace(buf, from, edits)?;
     if buf.replace_front(len, &keep) {
         Ok(())
     } else {
