@@ -137,6 +137,24 @@ pub struct Note {
     pub code: i16,
 }
 
+impl Note {
+    /// A decision as the policy's mode makes it: denied, or only noted in audit mode.
+    pub fn of(policy: &Policy, allow: bool, rule: String, what: String, code: i16) -> Note {
+        let audit = policy.mode == crate::policy::Mode::Audit;
+        let outcome = match (allow, audit) {
+            (true, _) => Outcome::Allow,
+            (false, true) => Outcome::WouldDeny,
+            (false, false) => Outcome::Deny,
+        };
+        Note {
+            rule,
+            outcome,
+            what,
+            code: if outcome == Outcome::Deny { code } else { 0 },
+        }
+    }
+}
+
 struct Judge<'p> {
     policy: &'p Policy,
     id: &'p Identity,
@@ -151,19 +169,10 @@ impl Judge<'_> {
     }
 
     fn record(&mut self, allow: bool, rule: String, what: String, code: i16) -> bool {
-        let audit = self.policy.mode == crate::policy::Mode::Audit;
-        let outcome = match (allow, audit) {
-            (true, _) => Outcome::Allow,
-            (false, true) => Outcome::WouldDeny,
-            (false, false) => Outcome::Deny,
-        };
-        self.notes.push(Note {
-            rule,
-            outcome,
-            what,
-            code: if outcome == Outcome::Deny { code } else { 0 },
-        });
-        outcome != Outcome::Deny
+        let note = Note::of(self.policy, allow, rule, what, code);
+        let pass = note.outcome != Outcome::Deny;
+        self.notes.push(note);
+        pass
     }
 
     fn denied_any(&self) -> bool {

@@ -31,7 +31,7 @@
 
 use std::rc::Rc;
 
-use super::model::{AcksValue, Codec, Identity, Mode, OnDeny, Operation, Policy, Question};
+use super::model::{AcksValue, Codec, Identity, OnDeny, Operation, Policy, Question};
 use crate::codec::walk::{Batch, Event, F};
 use crate::policy::enforce::{
     Note, Outcome, CLUSTER_AUTHORIZATION_FAILED, INVALID_REQUIRED_ACKS, RECORD_LIST_TOO_LARGE,
@@ -211,25 +211,13 @@ impl ProduceGuard {
 
     /// Record a decision; whether the part goes through (audit: always).
     fn record(&mut self, allow: bool, rule: String, what: String, code: i16) -> bool {
-        let audit = self.policy().is_some_and(|p| p.mode == Mode::Audit);
-        let outcome = match (allow, audit) {
-            (true, _) => Outcome::Allow,
-            (false, true) => Outcome::WouldDeny,
-            (false, false) => Outcome::Deny,
-        };
-        if outcome == Outcome::Deny
-            && self.policy().is_some_and(|p| p.on_deny == OnDeny::Close)
-            && self.close.is_none()
-        {
+        let note = Note::of(&self.policy, allow, rule, what, code);
+        let denied = note.outcome == Outcome::Deny;
+        if denied && self.policy.on_deny == OnDeny::Close && self.close.is_none() {
             self.close = Some("denied request with onDeny: close".to_string());
         }
-        self.notes.push(Note {
-            rule,
-            outcome,
-            what,
-            code: if outcome == Outcome::Deny { code } else { 0 },
-        });
-        outcome != Outcome::Deny
+        self.notes.push(note);
+        !denied
     }
 
     /// One walk event, before the collector sees it.
@@ -804,22 +792,15 @@ impl MetadataGuard {
                 self.mark = MarkOp::Clear;
                 let policy = self.policy.clone();
                 let d = policy.decide(&self.id, Question::Topic(Operation::Describe, &text));
-                let audit = policy.mode == Mode::Audit;
-                let outcome = match (d.allow, audit) {
-                    (true, _) => Outcome::Allow,
-                    (false, true) => Outcome::WouldDeny,
-                    (false, false) => Outcome::Deny,
-                };
-                self.notes.push(Note {
-                    rule: policy.rule_name(d).to_string(),
-                    outcome,
-                    what: format!("describe {text}"),
-                    code: if outcome == Outcome::Deny {
-                        TOPIC_AUTHORIZATION_FAILED
-                    } else {
-                        0
-                    },
-                });
+                let note = Note::of(
+                    &policy,
+                    d.allow,
+                    policy.rule_name(d).to_string(),
+                    format!("describe {text}"),
+                    TOPIC_AUTHORIZATION_FAILED,
+                );
+                let outcome = note.outcome;
+                self.notes.push(note);
                 if outcome != Outcome::Deny {
                     return Seen::Same;
                 }
