@@ -220,6 +220,14 @@ struct ConnState {
     /// Properties Envoy would answer for this connection (`source.address`,
     /// `connection.uri_san_peer_certificate`, ...), keyed by dot-joined path.
     props: HashMap<String, Vec<u8>>,
+    /// Properties that exist only once the downstream TLS handshake has completed (the peer
+    /// certificate's SANs): Envoy calls the network filters' `onNewConnection` while the
+    /// connection is created (`ServerConnectionImpl::initializeReadFilters`, envoyproxy/envoy
+    /// `source/common/network/connection_impl.cc`), before the handshake, so
+    /// `connection.uri_san_peer_certificate` is empty then (`source/extensions/filters/common/
+    /// expr/context.cc`; envoy#40137). Decrypted bytes reach the filter only after the
+    /// handshake, so these join `props` just before the first downstream data callback.
+    after_handshake: HashMap<String, Vec<u8>>,
     close_requested: bool,
     resume_downstream: bool,
 }
@@ -1284,12 +1292,23 @@ impl Vm {
     /// A new downstream connection: context create + `proxy_on_new_connection`.
     /// `props` are what Envoy would answer to `proxy_get_property` on this connection.
     pub fn new_connection(&mut self, props: HashMap<String, Vec<u8>>) -> Result<u32> {
+        self.new_connection_tls(props, HashMap::new())
+    }
+
+    /// A downstream TLS connection: `after_handshake` (e.g. the peer's URI SAN) is answered
+    /// only from the first downstream data callback on, as in Envoy (see `ConnState`).
+    pub fn new_connection_tls(
+        &mut self,
+        props: HashMap<String, Vec<u8>>,
+        after_handshake: HashMap<String, Vec<u8>>,
+    ) -> Result<u32> {
         let id = self.next_id;
         self.next_id += 1;
         self.store.data_mut().conns.insert(
             id,
             ConnState {
                 props,
+                after_handshake,
                 ..ConnState::default()
             },
         );
@@ -1322,6 +1341,10 @@ impl Vm {
                     ..Default::default()
                 };
             };
+            if dir == Dir::Downstream && !cs.after_handshake.is_empty() {
+                let done = std::mem::take(&mut cs.after_handshake);
+                cs.props.extend(done);
+            }
             let buf = if dir == Dir::Downstream {
                 &mut cs.down
             } else {
@@ -1371,6 +1394,15 @@ impl Vm {
             res.paused = true;
         }
         res
+    }
+
+    /// What `proxy_get_property` would answer on connection `id` now (for tests).
+    pub fn property(&self, id: u32, key: &str) -> Option<Vec<u8>> {
+        self.store
+            .data()
+            .conns
+            .get(&id)
+            .and_then(|cs| cs.props.get(key).cloned())
     }
 
     /// Bytes the filter is holding in Envoy's buffer for this direction.

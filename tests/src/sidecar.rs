@@ -38,6 +38,10 @@ pub struct Options {
     pub buffer_limit: usize,
     /// Properties every connection reports (e.g. a SPIFFE principal, as Istio's mTLS gives).
     pub conn_props: HashMap<String, Vec<u8>>,
+    /// Model a downstream TLS connection: `connection.*` properties (the peer certificate)
+    /// appear only once the handshake is done, at the first downstream data (host.rs,
+    /// `ConnState::after_handshake`).
+    pub tls: bool,
     /// Measurement: run the VMs with wasmtime fuel on, so `/stats/vm` reports wasm
     /// instructions. Slows the VM down; never on for throughput runs or tests.
     pub measure: bool,
@@ -55,6 +59,7 @@ impl Options {
             chunk: 0,
             buffer_limit: DEFAULT_BUFFER_LIMIT,
             conn_props: HashMap::new(),
+            tls: false,
             measure: false,
         }
     }
@@ -202,7 +207,14 @@ async fn relay(vm: Rc<RefCell<Vm>>, sock: std::net::TcpStream, opts: &Options) -
             .entry("destination.address".into())
             .or_insert_with(|| local.to_string().into_bytes());
     }
-    let id = vm.borrow_mut().new_connection(props)?;
+    let id = if opts.tls {
+        let (late, early): (HashMap<_, _>, HashMap<_, _>) = props
+            .into_iter()
+            .partition(|(k, _)| k.starts_with("connection."));
+        vm.borrow_mut().new_connection_tls(early, late)?
+    } else {
+        vm.borrow_mut().new_connection(props)?
+    };
     let (mut cr, mut cw) = client.into_split();
     let (mut sr, mut sw) = server.into_split();
     let chunk = if opts.chunk == 0 {

@@ -703,3 +703,68 @@ fn mutated_traffic_never_traps_the_vm() {
         assert!(!vm.failed(), "the VM trapped in round {round}");
     }
 }
+
+/// Under Istio mTLS the peer certificate exists only after the TLS handshake, which Envoy
+/// completes after `onNewConnection` (envoy#40137): the host models it with properties that
+/// appear at the first downstream data. A principal rule must still match: the filter reads
+/// the principal at its first data callback.
+#[test]
+fn a_principal_rule_matches_when_the_san_appears_after_the_handshake() {
+    use kafka_protocol::messages::{produce_request, TopicName};
+    let cfg = r#"{"policy": {"defaultAction": "deny", "rules": [
+        {"name": "orders", "action": "allow", "principals": ["spiffe://cluster.local/ns/shop/sa/orders"],
+         "operations": ["produce"], "topics": ["orders.*"]}]}}"#;
+    let san = "connection.uri_san_peer_certificate";
+    for chunk in [1usize, 4096] {
+        let process = Process::new();
+        let mut vm = vm_with(cfg, &process);
+        let id = vm
+            .new_connection_tls(
+                HashMap::new(),
+                HashMap::from([(
+                    san.to_string(),
+                    b"spiffe://cluster.local/ns/shop/sa/orders".to_vec(),
+                )]),
+            )
+            .unwrap();
+        assert_eq!(vm.property(id, san), None, "no SAN at connection time");
+        let topic = |n: &'static str| {
+            produce_request::TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_static_str(n)))
+                .with_partition_data(vec![produce_request::PartitionProduceData::default()
+                    .with_index(0)
+                    .with_records(Some(bytes::Bytes::from(batch(2, 30))))])
+        };
+        let produce = ProduceRequest::default()
+            .with_acks(-1)
+            .with_topic_data(vec![topic("orders.eu"), topic("payments")]);
+        let reqs = req(0, 9, 1, &produce);
+        let (fwd, _, closed) = feed(&mut vm, id, Dir::Downstream, &reqs, chunk);
+        assert!(!closed);
+        assert!(
+            vm.property(id, san).is_some(),
+            "the SAN after the handshake"
+        );
+        let mut b = bytes::Bytes::copy_from_slice(&fwd[4..]);
+        RequestHeader::decode(&mut b, 2).unwrap();
+        let p = ProduceRequest::decode(&mut b, 9).unwrap();
+        assert_eq!(
+            p.topic_data[0].name.0.as_str(),
+            "orders.eu",
+            "the principal rule allowed it"
+        );
+        assert_eq!(
+            p.topic_data[1].name.0.as_str(),
+            "!!!!!!!!",
+            "payments is denied"
+        );
+        let st = process.stats.lock().unwrap();
+        assert_eq!(
+            st.counter_sum(
+                "kafka_mesh_policy_decisions_total",
+                &[("rule", "orders"), ("decision", "allow")]
+            ),
+            1
+        );
+    }
+}

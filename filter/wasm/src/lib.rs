@@ -246,10 +246,13 @@ impl RootContext for Root {
         let (Some(cfg), Some(registry)) = (self.config.clone(), self.registry.clone()) else {
             return None;
         };
+        let policy_on = cfg.compiled_policy.is_some();
         Some(Box::new(Conn {
             session: Session::new(cfg),
             registry,
             counted: Cell::new(false),
+            policy_on,
+            principal_tries: 0,
         }))
     }
 
@@ -262,7 +265,16 @@ struct Conn {
     session: Session,
     registry: Rc<RefCell<Registry>>,
     counted: Cell<bool>,
+    /// A policy is configured (only then is the principal needed).
+    policy_on: bool,
+    /// Downstream data callbacks left on which to look for the principal again.
+    principal_tries: u8,
 }
+
+/// How many downstream data callbacks look for a principal that was not there at
+/// `on_new_connection`: the handshake is over before the first decrypted bytes, so the
+/// first look finds it; the others cover a host that publishes it late.
+const PRINCIPAL_TRIES: u8 = 3;
 
 /// One direction's Envoy buffer, reached only by range.
 struct WasmBuffer {
@@ -595,10 +607,18 @@ fn identity() -> Identity {
             .or_else(|| a.parse::<std::net::IpAddr>().ok())
     });
     Identity {
-        principal: prop(vec!["connection", "uri_san_peer_certificate"]),
+        principal: principal(),
         sasl_user: None,
         source,
         client_id: None,
+    }
+}
+
+/// `connection.uri_san_peer_certificate`: empty until the downstream TLS handshake is done.
+fn principal() -> Option<String> {
+    match hostcalls::get_property(vec!["connection", "uri_san_peer_certificate"]) {
+        Ok(Some(v)) if !v.is_empty() => Some(String::from_utf8_lossy(&v).into_owned()),
+        _ => None,
     }
 }
 
@@ -611,7 +631,15 @@ impl Context for Conn {
 
 impl StreamContext for Conn {
     fn on_new_connection(&mut self) -> Action {
-        self.session.set_identity(identity());
+        let id = identity();
+        // Under a policy, look again at the first data callbacks if the principal is not
+        // known yet (it never is here under Istio mTLS: the handshake comes later).
+        self.principal_tries = if id.principal.is_none() && self.policy_on {
+            PRINCIPAL_TRIES
+        } else {
+            0
+        };
+        self.session.set_identity(id);
         if let Ok(r) = self.registry.try_borrow() {
             add(r.fixed.connections_total, 1);
             let _ = hostcalls::increment_metric(r.fixed.connections_active, 1);
@@ -621,6 +649,16 @@ impl StreamContext for Conn {
     }
 
     fn on_downstream_data(&mut self, data_size: usize, end_of_stream: bool) -> Action {
+        // The peer certificate exists only once the TLS handshake is done, which is after
+        // onNewConnection and before the first decrypted bytes (envoy#40137): read the
+        // principal here, on the first few callbacks while it is still unknown.
+        if self.principal_tries > 0 {
+            self.principal_tries -= 1;
+            if let Some(p) = principal() {
+                self.session.set_principal(Some(p));
+                self.principal_tries = 0;
+            }
+        }
         self.on_data(
             Direction::Request,
             BufferType::DownstreamData,

@@ -1,12 +1,16 @@
 //! wasm-sidecar --listen ADDR --upstream ADDR --wasm PATH --config PATH [--admin ADDR]
 //!              [--workers N] [--chunk BYTES] [--buffer-limit BYTES] [--fail-open]
 //!              [--property KEY=VALUE]... [--log-level LEVEL] [--stats-config PATH|none]
-//!              [--measure]
+//!              [--measure] [--tls]
 //!
 //! `--stats-config` is the `stats_config` fragment of an Envoy bootstrap (its `stats_tags`);
 //! the default is the one this project ships in `wasm-plugin-manifests/envoy/`, so
 //! `/stats/prometheus` shows what Envoy shows when deployed as the README says. `none` shows
 //! what an Envoy without those tags shows.
+//!
+//! `--tls` models a downstream TLS connection: the `connection.*` properties given with
+//! `--property` (the peer certificate's URI SAN) appear only at the first downstream data
+//! callback, after the handshake, as in Envoy.
 //!
 //! `--measure` (for `make bench`) turns wasmtime fuel on, so `/stats/vm` on the admin port
 //! reports wasm instructions per callback. It slows the VM; throughput runs leave it off.
@@ -20,7 +24,7 @@ use kafka_mesh_testhost::sidecar::{run, Options};
 const USAGE: &str = "usage: wasm-sidecar --listen ADDR --upstream ADDR --wasm PATH --config PATH \
 [--admin ADDR] [--workers N] [--chunk BYTES] [--buffer-limit BYTES] [--fail-open] \
 [--property KEY=VALUE]... [--log-level trace|debug|info|warn|error|critical] \
-[--stats-config PATH|none] [--measure]";
+[--stats-config PATH|none] [--measure] [--tls]";
 
 fn main() {
     if let Err(e) = real_main() {
@@ -37,6 +41,7 @@ fn real_main() -> Result<()> {
     let mut props = Vec::new();
     let mut log_level = 3; // warn
     let mut measure = false;
+    let mut tls = false;
     let mut stats_config = Some(kafka_mesh_testhost::stats::OUR_STATS_CONFIG.to_string());
     while let Some(a) = args.next() {
         let mut val = || {
@@ -53,6 +58,7 @@ fn real_main() -> Result<()> {
             "--chunk" => chunk = val()?.parse().context("--chunk")?,
             "--buffer-limit" => limit = Some(val()?.parse().context("--buffer-limit")?),
             "--fail-open" => fail_open = true,
+            "--tls" => tls = true,
             "--measure" => measure = true,
             "--property" => props.push(val()?),
             "--stats-config" => {
@@ -96,6 +102,7 @@ fn real_main() -> Result<()> {
         opts.buffer_limit = l;
     }
     opts.spec.fail_open = fail_open;
+    opts.tls = tls;
     opts.measure = measure;
     for p in props {
         let (k, v) = p.split_once('=').context("--property wants KEY=VALUE")?;

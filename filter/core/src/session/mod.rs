@@ -553,6 +553,12 @@ impl Session {
         self.identity = id;
     }
 
+    /// The mTLS principal, once the host has it (after the TLS handshake, which Envoy
+    /// completes after the filter's `onNewConnection`).
+    pub fn set_principal(&mut self, principal: Option<String>) {
+        self.identity.principal = principal;
+    }
+
     /// Entries in the fetch-offset table (bounded by `metrics.maxLagPartitions`).
     pub fn fetch_offsets(&self) -> usize {
         self.fetch_offsets.len()
@@ -649,7 +655,10 @@ impl Session {
             Phase::Head { .. } if !may_edit && st.head.len() >= 4 => None,
             _ => st.keep_from(),
         };
-        let Some(p) = keep.filter(|p| *p < len) else {
+        // A held frame stays held even when the host buffer is empty (all of it so far is in
+        // the VM, and a callback may bring no new bytes).
+        let holding = matches!(st.phase, Phase::Hold { .. });
+        let Some(p) = keep.filter(|p| *p < len || holding) else {
             flush_edits(buf, &mut st.edits)?;
             // Everything goes. A held frame cut short by the end of the stream goes out as it
             // came: its bytes already moved into the VM are put back in front.

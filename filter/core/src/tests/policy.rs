@@ -1643,3 +1643,65 @@ fn a_named_metadata_answer_too_large_to_hold_gets_the_denied_topics_in_its_head(
         }
     }
 }
+
+#[test]
+fn a_callback_with_no_new_bytes_changes_nothing() {
+    // After readDisable(false) Envoy calls the filter again with the same buffer
+    // (`Context::onData` on a resumed read). Every callback here is followed by one with no
+    // new bytes: the bytes out and the decisions must be those of a plain run.
+    let c = cfg(&POLICY.replace(
+        r#"{"policy""#,
+        r#"{"rewrite": {"nodeTemplate": "gw:{19092+nodeId}"}, "policy""#,
+    ));
+    let mut stream = big_produce(1, &["orders.eu", "payments"], 2, 9000);
+    stream.extend(big_fetch(2));
+    stream.extend(encode_request(
+        &hdr(3, 12, 3, "reader"),
+        &MetadataRequest::default().with_topics(None),
+        12,
+    ));
+    for chunk in [1usize, 7, 1000, 5000] {
+        let run = |again: bool| {
+            let mut s = Session::new(c.clone());
+            let mut obs = Obs::default();
+            let mut buf = EnvoyBuf::default();
+            let mut out = Vec::new();
+            let mut t = 0;
+            let mut feed =
+                |s: &mut Session, buf: &mut EnvoyBuf, obs: &mut Obs, out: &mut Vec<u8>| {
+                    t += 1;
+                    match s.on_data(Direction::Request, buf, false, t, obs) {
+                        Verdict::Continue => out.append(&mut buf.data),
+                        Verdict::Pause => {}
+                        Verdict::Close => panic!("closed: {:?}", obs.malformed),
+                    }
+                };
+            for c in stream.chunks(chunk) {
+                buf.data.extend_from_slice(c);
+                feed(&mut s, &mut buf, &mut obs, &mut out);
+                if again {
+                    feed(&mut s, &mut buf, &mut obs, &mut out);
+                }
+            }
+            let notes: Vec<String> = obs.notes.iter().map(|n| format!("{n:?}")).collect();
+            (out, notes, s.inflight())
+        };
+        let plain = run(false);
+        assert_eq!(run(true), plain, "chunk {chunk}");
+        assert_eq!(
+            plain.0.len(),
+            stream.len() - big_fetch(2).len() + {
+                // the held Fetch is rewritten (payments removed): compare with a whole run
+                let mut s = Session::new(c.clone());
+                let p = pump(
+                    &mut s,
+                    Direction::Request,
+                    [&big_fetch(2)[..]],
+                    false,
+                    &mut Obs::default(),
+                );
+                p.out.len()
+            }
+        );
+    }
+}
