@@ -517,7 +517,10 @@ fn per_topic_metrics_topic_ids_and_bounds_across_vms() {
         "kafka_mesh_produce_records_total{topic=\"orders\"} 3",
         "kafka_mesh_consumer_lag{topic=\"orders\",partition=\"0\"} 7",
         "kafka_mesh_errors_total{api=\"fetch\",error=\"NOT_LEADER_OR_FOLLOWER\"} 1",
-        "kafka_mesh_request_latency_ms_bucket{api=\"fetch\",le=\"0.5\"} 1",
+        // cumulative buckets; the latency is wall-clock in the host, so only a bound every
+        // run meets is asserted (a loaded CI machine took 0.5-1 ms once)
+        "kafka_mesh_request_latency_ms_bucket{api=\"fetch\",le=\"1000\"} 1",
+        "kafka_mesh_request_latency_ms_bucket{api=\"fetch\",le=\"+Inf\"} 1",
         "kafka_mesh_request_latency_ms_count{api=\"fetch\"} 1",
     ] {
         assert!(
