@@ -511,7 +511,6 @@ static S_PRODUCE_RESP: Schema = schema(3, PRODUCE_RESP);
 static S_FETCH_REQ: Schema = schema(4, FETCH_REQ);
 /// Complete request schemas: a walk that ends without error proves every count and length in
 /// the frame fits the bytes present, the precondition for handing it to kafka-protocol.
-pub static S_PRODUCE_REQ_FULL: Schema = schema(3, PRODUCE_REQ);
 pub static S_FETCH_REQ_FULL: Schema = schema(4, FETCH_REQ_FULL);
 pub static S_DELETE_TOPICS_REQ: Schema = schema(1, DELETE_TOPICS_REQ);
 pub static S_METADATA_RESP_FULL: Schema = schema(0, METADATA_RESP);

@@ -4,8 +4,11 @@
 //! `proxy_set_buffer_bytes` edits only the buffer of the current callback), so a denial is
 //! expressed inside the request/response pair the client is already waiting for:
 //!
-//! - **Topic-level denial** (Produce, Fetch, DeleteTopics): the denied topics or partitions
-//!   are removed from the request before it reaches the broker, and their error entries are
+//! Produce is not here: it can be a megabyte, so it is decided as it streams and its denied
+//! parts are neutralised in place ([`crate::policy::guard`]).
+//!
+//! - **Topic-level denial** (Fetch, DeleteTopics, ListOffsets, offsets and admin APIs): the
+//!   denied topics or partitions are removed from the request before it reaches the broker, and their error entries are
 //!   *prepended* to the top-level topics array of the broker's response ([`Splice::Prepend`]):
 //!   only the response head (through the array count) is rewritten, the rest streams through
 //!   unbuffered, however large (a Fetch response full of records). If nothing is left, the
@@ -22,25 +25,24 @@
 //! kafka-protocol decodes a request only after [`walk::walk_all`] has proved that its counts
 //! and lengths fit the bytes present.
 
-use bytes::Bytes;
 use kafka_protocol::messages::{
     alter_configs_response, create_acls_response, create_partitions_response,
     create_topics_response, delete_acls_response, delete_records_response, delete_topics_response,
     fetch_response, incremental_alter_configs_response, list_offsets_response, metadata_response,
-    offset_commit_response, offset_fetch_response, produce_response, AlterConfigsRequest,
-    CreateAclsResponse, CreatePartitionsRequest, CreateTopicsRequest, DeleteAclsResponse,
-    DeleteRecordsRequest, DeleteTopicsRequest, DescribeAclsResponse, FetchRequest,
-    HeartbeatResponse, IncrementalAlterConfigsRequest, InitProducerIdResponse, JoinGroupResponse,
-    LeaveGroupResponse, ListOffsetsRequest, MetadataRequest, MetadataResponse, OffsetCommitRequest,
-    OffsetFetchRequest, ProduceRequest, SyncGroupResponse,
+    offset_commit_response, offset_fetch_response, AlterConfigsRequest, CreateAclsResponse,
+    CreatePartitionsRequest, CreateTopicsRequest, DeleteAclsResponse, DeleteRecordsRequest,
+    DeleteTopicsRequest, DescribeAclsResponse, FetchRequest, HeartbeatResponse,
+    IncrementalAlterConfigsRequest, InitProducerIdResponse, JoinGroupResponse, LeaveGroupResponse,
+    ListOffsetsRequest, MetadataRequest, MetadataResponse, OffsetCommitRequest, OffsetFetchRequest,
+    SyncGroupResponse,
 };
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::protocol::{Encodable, StrBytes};
 
 use crate::codec::api;
-use crate::codec::kp::{decode_checked, encode, kp_err};
+use crate::codec::kp::{decode_checked, encode};
 use crate::codec::reader::{DecodeResult, Reader};
 use crate::codec::walk::{self, Event, F};
-use crate::policy::{AcksValue, Codec, Identity, Operation, Policy, Question};
+use crate::policy::{Identity, Operation, Policy, Question};
 
 pub const TOPIC_AUTHORIZATION_FAILED: i16 = 29;
 pub const GROUP_AUTHORIZATION_FAILED: i16 = 30;
@@ -224,7 +226,10 @@ pub fn enforce_request(
         Some(CLUSTER_AUTHORIZATION_FAILED)
     };
     let out = match api_key {
-        api::PRODUCE if version >= 3 => produce(&mut j, names, version, flexible, body, forced)?,
+        // Produce is never held: it is decided field by field as it streams (crate::policy::guard).
+        api::PRODUCE => Enforced::Close {
+            reason: "produce is enforced as it streams, not as a whole request".to_string(),
+        },
         api::FETCH if version >= 4 => fetch(&mut j, names, version, flexible, body, forced)?,
         DELETE_TOPICS if version >= 1 => {
             delete_topics(&mut j, names, version, flexible, body, forced)?
@@ -429,209 +434,6 @@ fn topic_code(j: &mut Judge<'_>, named: Named, op: Operation) -> i16 {
             }
         }
     }
-}
-
-fn produce(
-    j: &mut Judge<'_>,
-    names: &mut dyn TopicNames,
-    version: i16,
-    flexible: bool,
-    body: &[u8],
-    forced: Option<i16>,
-) -> DecodeResult<Enforced> {
-    // Validate, and note every batch header (size, codec) per (topic, partition) position.
-    let mut batches: Vec<(usize, usize, walk::Batch)> = Vec::new();
-    let (mut ti, mut pi) = (0usize, 0usize);
-    let mut t_seen = false;
-    walk::walk_all(
-        &walk::S_PRODUCE_REQ_FULL,
-        version,
-        flexible,
-        body,
-        &mut |ev| match ev {
-            Event::Begin(F::Topics) => {
-                if t_seen {
-                    ti += 1;
-                }
-                t_seen = true;
-                pi = usize::MAX;
-            }
-            Event::Begin(F::Partitions) => pi = pi.wrapping_add(1),
-            Event::Batch(b) => batches.push((ti, pi, b)),
-            _ => {}
-        },
-    )?;
-    let req = ProduceRequest::decode(&mut Bytes::copy_from_slice(body), version).map_err(kp_err)?;
-    let by_id = version >= 13;
-    let mut txn_code = forced;
-    if txn_code.is_none() {
-        if let Some(t) = req.transactional_id.as_ref() {
-            let t = t.to_string();
-            if !j.ok(
-                Question::TransactionalId(&t),
-                || format!("transactional id {t}"),
-                TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
-            ) {
-                txn_code = Some(TRANSACTIONAL_ID_AUTHORIZATION_FAILED);
-            }
-        }
-    }
-    let mut kept = Vec::new();
-    let mut denied: Vec<produce_response::TopicProduceResponse> = Vec::new();
-    for (t_idx, topic) in req.topic_data.iter().enumerate() {
-        let codes: Vec<i16> = match txn_code {
-            Some(c) => vec![c; topic.partition_data.len()],
-            None => {
-                let n = topic.partition_data.len();
-                match topic_name(
-                    j,
-                    names,
-                    &topic.name.0,
-                    topic.topic_id.as_bytes(),
-                    by_id,
-                    Operation::Produce,
-                ) {
-                    Named::Pass => vec![0; n],
-                    Named::Deny => vec![TOPIC_AUTHORIZATION_FAILED; n],
-                    Named::Name(name) => produce_codes(j, &name, topic, t_idx, &batches, req.acks),
-                }
-            }
-        };
-        let mut keep_parts = Vec::new();
-        let mut deny_parts = Vec::new();
-        for (p, code) in topic.partition_data.iter().zip(codes) {
-            if code == 0 {
-                keep_parts.push(p.clone());
-            } else {
-                deny_parts.push(
-                    produce_response::PartitionProduceResponse::default()
-                        .with_index(p.index)
-                        .with_error_code(code)
-                        .with_base_offset(-1)
-                        .with_log_append_time_ms(-1)
-                        .with_log_start_offset(-1)
-                        .with_error_message(Some(StrBytes::from_static_str(DENIED))),
-                );
-            }
-        }
-        if !keep_parts.is_empty() {
-            kept.push(topic.clone().with_partition_data(keep_parts));
-        }
-        if !deny_parts.is_empty() {
-            denied.push(
-                produce_response::TopicProduceResponse::default()
-                    .with_name(topic.name.clone())
-                    .with_topic_id(topic.topic_id)
-                    .with_partition_responses(deny_parts),
-            );
-        }
-    }
-    if denied.is_empty() {
-        return Ok(Enforced::Forward);
-    }
-    let new_req = req.clone().with_topic_data(kept);
-    let splice = if req.acks == 0 {
-        None // no response will come
-    } else {
-        let mut entries = Vec::new();
-        for d in &denied {
-            entries.extend(encode(d, version)?);
-        }
-        Some(Splice::Prepend {
-            count: u32::try_from(denied.len()).unwrap_or(u32::MAX),
-            entries,
-        })
-    };
-    Ok(Enforced::Rewrite {
-        body: encode(&new_req, version)?,
-        splice,
-    })
-}
-
-/// Per-partition error codes for one produced topic (0 = allowed).
-fn produce_codes(
-    j: &mut Judge<'_>,
-    name: &str,
-    topic: &kafka_protocol::messages::produce_request::TopicProduceData,
-    t_idx: usize,
-    batches: &[(usize, usize, walk::Batch)],
-    acks: i16,
-) -> Vec<i16> {
-    let n = topic.partition_data.len();
-    let d = j
-        .policy
-        .decide(j.id, Question::Topic(Operation::Produce, name));
-    let rule = j.policy.rule_name(d).to_string();
-    if !d.allow {
-        let pass = j.record(
-            false,
-            rule,
-            format!("produce {name}"),
-            TOPIC_AUTHORIZATION_FAILED,
-        );
-        return vec![if pass { 0 } else { TOPIC_AUTHORIZATION_FAILED }; n];
-    }
-    let constraints = d
-        .rule
-        .and_then(|i| j.policy.rules.get(i))
-        .and_then(|r| r.produce.clone());
-    let Some(c) = constraints else {
-        j.record(true, rule, format!("produce {name}"), 0);
-        return vec![0; n];
-    };
-    let acks_ok = c.acks.is_empty()
-        || c.acks.iter().any(|a| match a {
-            AcksValue::Num(v) => *v == acks,
-            AcksValue::Name(_) => acks == -1,
-        });
-    if !acks_ok {
-        let pass = j.record(
-            false,
-            rule,
-            format!("produce {name} with acks={acks}"),
-            INVALID_REQUIRED_ACKS,
-        );
-        return vec![if pass { 0 } else { INVALID_REQUIRED_ACKS }; n];
-    }
-    let mut codes = vec![0; n];
-    for (p_idx, code) in codes.iter_mut().enumerate() {
-        for (_, _, b) in batches
-            .iter()
-            .filter(|(t, p, _)| *t == t_idx && *p == p_idx)
-        {
-            let what = |why: &str| format!("produce {name}: {why}");
-            if c.max_batch_bytes.is_some_and(|m| b.bytes > u64::from(m)) {
-                if !j.record(
-                    false,
-                    rule.clone(),
-                    what(&format!("batch of {} bytes", b.bytes)),
-                    RECORD_LIST_TOO_LARGE,
-                ) {
-                    *code = RECORD_LIST_TOO_LARGE;
-                }
-                break;
-            }
-            let codec = Codec::from_attributes(b.attributes);
-            if b.magic == 2
-                && !c.compression.is_empty()
-                && !codec.is_some_and(|x| c.compression.contains(&x))
-            {
-                if !j.record(
-                    false,
-                    rule.clone(),
-                    what(&format!("compression {codec:?}")),
-                    UNSUPPORTED_COMPRESSION_TYPE,
-                ) {
-                    *code = UNSUPPORTED_COMPRESSION_TYPE;
-                }
-                break;
-            }
-        }
-    }
-    if codes.iter().all(|c| *c == 0) {
-        j.record(true, rule, format!("produce {name}"), 0);
-    }
-    codes
 }
 
 fn fetch(

@@ -205,10 +205,6 @@ impl ProduceGuard {
         Some(g)
     }
 
-    fn policy(&self) -> Option<&Policy> {
-        Some(&self.policy)
-    }
-
     /// Record a decision; whether the part goes through (audit: always).
     fn record(&mut self, allow: bool, rule: String, what: String, code: i16) -> bool {
         let note = Note::of(&self.policy, allow, rule, what, code);
@@ -229,17 +225,15 @@ impl ProduceGuard {
         match *ev {
             Event::Str(F::TransactionalId, Some(t)) if self.forced.is_none() => {
                 let t = String::from_utf8_lossy(t).into_owned();
-                if let Some(p) = self.policy() {
-                    let d = p.decide(&self.id, Question::TransactionalId(&t));
-                    let rule = p.rule_name(d).to_string();
-                    if !self.record(
-                        d.allow,
-                        rule,
-                        format!("transactional id {t}"),
-                        TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
-                    ) {
-                        self.forced = Some(TRANSACTIONAL_ID_AUTHORIZATION_FAILED);
-                    }
+                let d = self.policy.decide(&self.id, Question::TransactionalId(&t));
+                let rule = self.policy.rule_name(d).to_string();
+                if !self.record(
+                    d.allow,
+                    rule,
+                    format!("transactional id {t}"),
+                    TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+                ) {
+                    self.forced = Some(TRANSACTIONAL_ID_AUTHORIZATION_FAILED);
                 }
                 Seen::Same
             }
@@ -336,8 +330,9 @@ impl ProduceGuard {
     }
 
     fn rule_name(&self, rule: usize) -> String {
-        self.policy()
-            .and_then(|p| p.rules.get(rule))
+        self.policy
+            .rules
+            .get(rule)
             .map_or_else(|| "default".to_string(), |r| r.name.clone())
     }
 
@@ -453,11 +448,7 @@ impl ProduceGuard {
     /// A batch header of a constrained topic's partition.
     fn batch(&mut self, rule: usize, b: &Batch) {
         self.batches += 1;
-        let Some(c) = self
-            .policy()
-            .and_then(|p| p.rules.get(rule))
-            .and_then(|r| r.produce.clone())
-        else {
+        let Some(c) = self.policy.rules.get(rule).and_then(|r| r.produce.clone()) else {
             return;
         };
         let name = self.topic_name.clone();
