@@ -1313,60 +1313,30 @@ impl Session {
                                     }
                                 };
                             let count = u32::try_from(denied.len()).unwrap_or(u32::MAX);
-                            match prepend_head(
-                                api::METADATA,
-                                front.api_version,
-                                head,
-                                count,
-                                &entries,
-                            ) {
-                                Ok(Some((old_len, new_head))) => {
-                                    front.splice = None;
-                                    return Plan::ReplaceHead { old_len, new_head };
-                                }
-                                Ok(None) if head.len() < total => return Plan::NeedMore,
-                                Ok(None) => {
-                                    return Plan::Malformed(Malformed::Decode {
-                                        api_key: Some(api::METADATA),
-                                        error: DecodeError::Truncated {
-                                            field: "metadata topics",
-                                        },
-                                    })
-                                }
-                                Err(error) => {
-                                    return Plan::Malformed(Malformed::Decode {
-                                        api_key: Some(api::METADATA),
-                                        error,
-                                    })
-                                }
+                            let version = front.api_version;
+                            let plan =
+                                prepend_plan(api::METADATA, version, head, total, count, &entries);
+                            if matches!(plan, Plan::ReplaceHead { .. }) {
+                                front.splice = None;
                             }
+                            return plan;
                         }
                         // An all-topics answer too large to hold streams; the topics the
                         // client may not describe are answered in place (MetadataGuard).
                     }
                     Some(Splice::Prepend { count, entries }) => {
-                        match prepend_head(front.api_key, front.api_version, head, *count, entries)
-                        {
-                            Ok(Some((old_len, new_head))) => {
-                                front.splice = None;
-                                return Plan::ReplaceHead { old_len, new_head };
-                            }
-                            Ok(None) if head.len() < total => return Plan::NeedMore,
-                            Ok(None) => {
-                                return Plan::Malformed(Malformed::Decode {
-                                    api_key: Some(front.api_key),
-                                    error: DecodeError::Truncated {
-                                        field: "response topics array",
-                                    },
-                                })
-                            }
-                            Err(error) => {
-                                return Plan::Malformed(Malformed::Decode {
-                                    api_key: Some(front.api_key),
-                                    error,
-                                })
-                            }
+                        let plan = prepend_plan(
+                            front.api_key,
+                            front.api_version,
+                            head,
+                            total,
+                            *count,
+                            entries,
+                        );
+                        if matches!(plan, Plan::ReplaceHead { .. }) {
+                            front.splice = None;
                         }
+                        return plan;
                     }
                     None => {}
                 }
@@ -2014,6 +1984,32 @@ fn metadata_head(
         p.copy_from_slice(&size.to_be_bytes());
     }
     Ok(Some((at + old, out)))
+}
+
+/// The plan for a response whose top-level topics array gets `count` encoded `entries` in
+/// front ([`prepend_head`]): the new head, more head bytes, or malformed.
+fn prepend_plan(
+    api_key: i16,
+    version: i16,
+    head: &[u8],
+    total: usize,
+    count: u32,
+    entries: &[u8],
+) -> Plan {
+    let malformed = |error| {
+        Plan::Malformed(Malformed::Decode {
+            api_key: Some(api_key),
+            error,
+        })
+    };
+    match prepend_head(api_key, version, head, count, entries) {
+        Ok(Some((old_len, new_head))) => Plan::ReplaceHead { old_len, new_head },
+        Ok(None) if head.len() < total => Plan::NeedMore,
+        Ok(None) => malformed(DecodeError::Truncated {
+            field: "response topics array",
+        }),
+        Err(error) => malformed(error),
+    }
 }
 
 /// For [`Splice::Prepend`]: from a response head, the bytes through the top-level topics array
