@@ -81,6 +81,17 @@ pub enum MarkOp {
     Clear,
 }
 
+/// What a guard asks of the session after one walk step: the same for every guard.
+#[derive(Debug, Default)]
+pub struct Effects {
+    pub edits: Vec<Edit>,
+    pub mark: MarkOp,
+    /// Decisions to count and log.
+    pub notes: Vec<Note>,
+    /// Close the connection (`onDeny: close`, or a denial that cannot be neutralised).
+    pub close: Option<String>,
+}
+
 /// How the collector should see an event the guard changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Seen {
@@ -154,10 +165,7 @@ pub struct ProduceGuard {
     partition: Option<i32>,
     batches: u32,
     restore: Restore,
-    pending: Vec<Edit>,
-    mark: MarkOp,
-    notes: Vec<Note>,
-    close: Option<String>,
+    out: Effects,
 }
 
 impl ProduceGuard {
@@ -185,10 +193,7 @@ impl ProduceGuard {
             partition: None,
             batches: 0,
             restore: Restore::default(),
-            pending: Vec::new(),
-            mark: MarkOp::Keep,
-            notes: Vec::new(),
-            close: None,
+            out: Effects::default(),
         };
         if api_denied {
             let d = policy.decide(&g.id, Question::Api(crate::codec::api::PRODUCE));
@@ -209,10 +214,10 @@ impl ProduceGuard {
     fn record(&mut self, allow: bool, rule: String, what: String, code: i16) -> bool {
         let note = Note::of(&self.policy, allow, rule, what, code);
         let denied = note.outcome == Outcome::Deny;
-        if denied && self.policy.on_deny == OnDeny::Close && self.close.is_none() {
-            self.close = Some("denied request with onDeny: close".to_string());
+        if denied && self.policy.on_deny == OnDeny::Close && self.out.close.is_none() {
+            self.out.close = Some("denied request with onDeny: close".to_string());
         }
-        self.notes.push(note);
+        self.out.notes.push(note);
         !denied
     }
 
@@ -276,13 +281,13 @@ impl ProduceGuard {
             Event::Int(F::Partition, p) => {
                 self.partition = i32::try_from(p).ok();
                 if matches!(self.state, TopicState::Constrained { .. }) {
-                    self.mark = MarkOp::Set(4);
+                    self.out.mark = MarkOp::Set(4);
                 }
                 Seen::Same
             }
             Event::Int(F::Records, 0) => {
                 if matches!(self.state, TopicState::Constrained { .. }) {
-                    self.mark = MarkOp::Clear; // no batch: nothing to check
+                    self.out.mark = MarkOp::Clear; // no batch: nothing to check
                 }
                 Seen::Same
             }
@@ -299,7 +304,7 @@ impl ProduceGuard {
             }
             Event::End(F::Partitions) => {
                 if matches!(self.state, TopicState::Constrained { .. }) {
-                    self.mark = MarkOp::Clear;
+                    self.out.mark = MarkOp::Clear;
                 }
                 Seen::Same
             }
@@ -415,7 +420,7 @@ impl ProduceGuard {
             match neutral_name(k, len) {
                 Some(n) => n,
                 None => {
-                    self.close = Some(format!(
+                    self.out.close = Some(format!(
                         "cannot neutralise denied topic '{}': too many denied topics of that name length in one request",
                         self.topic_name
                     ));
@@ -423,7 +428,7 @@ impl ProduceGuard {
                 }
             }
         };
-        self.pending.push(Edit {
+        self.out.edits.push(Edit {
             target: Target::LastField,
             data: neutral.clone(),
         });
@@ -437,7 +442,7 @@ impl ProduceGuard {
 
     fn room(&mut self) -> bool {
         if self.restore.len() >= MAX_NEUTRAL {
-            self.close = Some(format!(
+            self.out.close = Some(format!(
                 "more than {MAX_NEUTRAL} denied parts in one produce request"
             ));
             return false;
@@ -479,7 +484,7 @@ impl ProduceGuard {
                     (true, Some(original)) if self.room() => {
                         let k = self.restore.len();
                         let neutral = NEUTRAL_PARTITION_BASE.saturating_sub(k as i32);
-                        self.pending.push(Edit {
+                        self.out.edits.push(Edit {
                             target: Target::Mark,
                             data: neutral.to_be_bytes().to_vec(),
                         });
@@ -495,7 +500,7 @@ impl ProduceGuard {
                     (false, _) => {
                         // Clients send one batch per partition; a later one's partition index
                         // has already gone to the broker and cannot be neutralised any more.
-                        self.close = Some(format!(
+                        self.out.close = Some(format!(
                             "produce {name}: a later record batch of a partition breaks a produce constraint"
                         ));
                     }
@@ -503,7 +508,7 @@ impl ProduceGuard {
             }
         }
         if first {
-            self.mark = MarkOp::Clear;
+            self.out.mark = MarkOp::Clear;
         }
     }
 
@@ -524,7 +529,7 @@ impl ProduceGuard {
         data.extend_from_slice(&NEUTRAL_PRODUCER_ID.to_be_bytes());
         data.extend_from_slice(&0i16.to_be_bytes()); // producer epoch
         data.extend_from_slice(&0i32.to_be_bytes()); // base sequence
-        self.pending.push(Edit {
+        self.out.edits.push(Edit {
             // producerId starts at byte 43 of the 61-byte header the step ended with
             target: Target::Back(BATCH_HEADER_BYTES as usize - PRODUCER_ID_OFFSET),
             data,
@@ -537,18 +542,9 @@ impl ProduceGuard {
         self.state != TopicState::Allowed
     }
 
-    /// Edits to apply after the current step.
-    pub fn take_edits(&mut self) -> Vec<Edit> {
-        std::mem::take(&mut self.pending)
-    }
-    pub fn take_mark(&mut self) -> MarkOp {
-        std::mem::take(&mut self.mark)
-    }
-    pub fn take_notes(&mut self) -> Vec<Note> {
-        std::mem::take(&mut self.notes)
-    }
-    pub fn close_reason(&mut self) -> Option<String> {
-        self.close.take()
+    /// What to do after the current step.
+    pub fn effects(&mut self) -> Effects {
+        std::mem::take(&mut self.out)
     }
     /// What the response will need, once the request has been walked.
     pub fn into_restore(self) -> Restore {
@@ -565,7 +561,7 @@ pub struct RestoreGuard {
     /// The current topic as the broker named it.
     wire: Vec<u8>,
     code: Option<i16>,
-    pending: Vec<Edit>,
+    out: Effects,
     /// Hide the response's KIP-951 `NodeEndpoints` (see [`RestoreGuard::hiding_endpoints`]).
     hide_endpoints: bool,
     hidden: u32,
@@ -584,7 +580,7 @@ impl RestoreGuard {
             topic: None,
             wire: Vec::new(),
             code: None,
-            pending: Vec::new(),
+            out: Effects::default(),
             hide_endpoints: false,
             hidden: 0,
         }
@@ -638,7 +634,7 @@ impl RestoreGuard {
                         .find(|np| np.neutral == p && np.topic == self.wire)
                     {
                         self.code = Some(np.code);
-                        self.pending.push(Edit {
+                        self.out.edits.push(Edit {
                             target: Target::LastField,
                             data: np.original.to_be_bytes().to_vec(),
                         });
@@ -648,7 +644,7 @@ impl RestoreGuard {
             }
             Event::Int(F::ErrorCode, _) => match self.code {
                 Some(c) => {
-                    self.pending.push(Edit {
+                    self.out.edits.push(Edit {
                         target: Target::LastField,
                         data: c.to_be_bytes().to_vec(),
                     });
@@ -668,7 +664,7 @@ impl RestoreGuard {
                 let mut data = vec![HIDDEN_TAG];
                 crate::codec::reader::put_uvarint(&mut data, size);
                 if data.len() == len {
-                    self.pending.push(Edit {
+                    self.out.edits.push(Edit {
                         target: Target::LastField,
                         data,
                     });
@@ -686,7 +682,7 @@ impl RestoreGuard {
         match self.topic {
             Some(i) => {
                 let original = self.original(i).to_vec();
-                self.pending.push(Edit {
+                self.out.edits.push(Edit {
                     target: Target::LastField,
                     data: original,
                 });
@@ -696,8 +692,9 @@ impl RestoreGuard {
         }
     }
 
-    pub fn take_edits(&mut self) -> Vec<Edit> {
-        std::mem::take(&mut self.pending)
+    /// What to do after the current step.
+    pub fn effects(&mut self) -> Effects {
+        std::mem::take(&mut self.out)
     }
 }
 
@@ -746,9 +743,7 @@ pub struct MetadataGuard {
     hide: bool,
     denied: bool,
     k: usize,
-    pending: Vec<Edit>,
-    mark: MarkOp,
-    notes: Vec<Note>,
+    out: Effects,
 }
 
 impl MetadataGuard {
@@ -760,9 +755,7 @@ impl MetadataGuard {
             hide,
             denied: false,
             k: 0,
-            pending: Vec::new(),
-            mark: MarkOp::Keep,
-            notes: Vec::new(),
+            out: Effects::default(),
         }
     }
 
@@ -774,13 +767,13 @@ impl MetadataGuard {
             }
             // The topic's error code precedes its name: keep it editable until the name.
             Event::Int(F::ErrorCode, _) => {
-                self.mark = MarkOp::Set(2);
+                self.out.mark = MarkOp::Set(2);
                 Seen::Same
             }
             Event::Str(F::Topic, name) => {
                 let name = name.unwrap_or(&[]);
                 let text = String::from_utf8_lossy(name).into_owned();
-                self.mark = MarkOp::Clear;
+                self.out.mark = MarkOp::Clear;
                 let policy = self.policy.clone();
                 let d = policy.decide(&self.id, Question::Topic(Operation::Describe, &text));
                 let note = Note::of(
@@ -791,19 +784,19 @@ impl MetadataGuard {
                     TOPIC_AUTHORIZATION_FAILED,
                 );
                 let outcome = note.outcome;
-                self.notes.push(note);
+                self.out.notes.push(note);
                 if outcome != Outcome::Deny {
                     return Seen::Same;
                 }
                 self.denied = true;
-                self.pending.push(Edit {
+                self.out.edits.push(Edit {
                     target: Target::Mark,
                     data: TOPIC_AUTHORIZATION_FAILED.to_be_bytes().to_vec(),
                 });
                 if self.hide {
                     if let Some(n) = neutral_name(self.k, name.len()) {
                         self.k += 1;
-                        self.pending.push(Edit {
+                        self.out.edits.push(Edit {
                             target: Target::LastField,
                             data: n,
                         });
@@ -812,7 +805,7 @@ impl MetadataGuard {
                 Seen::Hidden
             }
             Event::Uuid(F::TopicId, _) if self.denied && self.hide => {
-                self.pending.push(Edit {
+                self.out.edits.push(Edit {
                     target: Target::LastField,
                     data: vec![0; 16],
                 });
@@ -823,13 +816,8 @@ impl MetadataGuard {
         }
     }
 
-    pub fn take_edits(&mut self) -> Vec<Edit> {
-        std::mem::take(&mut self.pending)
-    }
-    pub fn take_mark(&mut self) -> MarkOp {
-        std::mem::take(&mut self.mark)
-    }
-    pub fn take_notes(&mut self) -> Vec<Note> {
-        std::mem::take(&mut self.notes)
+    /// What to do after the current step.
+    pub fn effects(&mut self) -> Effects {
+        std::mem::take(&mut self.out)
     }
 }

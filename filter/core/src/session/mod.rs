@@ -2124,25 +2124,18 @@ fn apply_guard(
     pending: &mut Edits,
     obs: &mut dyn Observer,
 ) -> Result<(), Malformed> {
-    let (edits, op) = match g {
-        WalkGuard::Produce(p) => {
-            for n in p.take_notes() {
-                obs.policy_note(&n);
-            }
-            if let Some(reason) = p.close_reason() {
-                return Err(Malformed::PolicyClose { reason });
-            }
-            (p.take_edits(), p.take_mark())
-        }
-        WalkGuard::Restore(r) => (r.take_edits(), MarkOp::Keep),
-        WalkGuard::Metadata(m) => {
-            for n in m.take_notes() {
-                obs.policy_note(&n);
-            }
-            (m.take_edits(), m.take_mark())
-        }
+    let fx = match g {
+        WalkGuard::Produce(p) => p.effects(),
+        WalkGuard::Restore(r) => r.effects(),
+        WalkGuard::Metadata(m) => m.effects(),
     };
-    for e in edits {
+    for n in &fx.notes {
+        obs.policy_note(n);
+    }
+    if let Some(reason) = fx.close {
+        return Err(Malformed::PolicyClose { reason });
+    }
+    for e in fx.edits {
         let at = match e.target {
             Target::LastField => end.checked_sub(e.data.len()),
             Target::Back(n) => end.checked_sub(n),
@@ -2160,7 +2153,7 @@ fn apply_guard(
         }
         pending.push((at, e.data));
     }
-    match op {
+    match fx.mark {
         MarkOp::Keep => {}
         MarkOp::Set(n) => *mark = end.checked_sub(n),
         MarkOp::Clear => *mark = None,
