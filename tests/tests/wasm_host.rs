@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use bytes::BytesMut;
 use kafka_mesh_testhost::host::{Dir, PluginSpec, Process, Vm};
 use kafka_mesh_testhost::stats::{parse_stats_config, OUR_STATS_CONFIG};
 use kafka_protocol::messages::api_versions_response::{ApiVersion, ApiVersionsResponse};
@@ -50,24 +49,27 @@ fn req<B: Encodable + HeaderVersion>(key: i16, v: i16, corr: i32, body: &B) -> V
         .with_request_api_version(v)
         .with_correlation_id(corr)
         .with_client_id(Some(StrBytes::from_static_str("it")));
-    let mut buf = BytesMut::new();
-    h.encode(&mut buf, B::header_version(v)).unwrap();
-    body.encode(&mut buf, v).unwrap();
-    let mut out = (buf.len() as i32).to_be_bytes().to_vec();
-    out.extend_from_slice(&buf);
-    out
+    kafka_mesh_core::testkit::encode_request(&h, body, v)
 }
 
 fn resp<B: Encodable + HeaderVersion>(corr: i32, v: i16, body: &B) -> Vec<u8> {
-    let mut buf = BytesMut::new();
-    ResponseHeader::default()
-        .with_correlation_id(corr)
-        .encode(&mut buf, B::header_version(v))
-        .unwrap();
-    body.encode(&mut buf, v).unwrap();
-    let mut out = (buf.len() as i32).to_be_bytes().to_vec();
-    out.extend_from_slice(&buf);
-    out
+    kafka_mesh_core::testkit::encode_response(corr, body, v)
+}
+
+/// A Produce v9-shaped request (acks all) to `orders.eu` and `payments`, one small batch each:
+/// what the policy tests below allow and deny.
+fn orders_and_payments() -> ProduceRequest {
+    use kafka_protocol::messages::{produce_request, TopicName};
+    let topic = |n: &'static str| {
+        produce_request::TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_static_str(n)))
+            .with_partition_data(vec![produce_request::PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(bytes::Bytes::from(batch(2, 30))))])
+    };
+    ProduceRequest::default()
+        .with_acks(-1)
+        .with_topic_data(vec![topic("orders.eu"), topic("payments")])
 }
 
 /// Feed `bytes` in `chunk`-sized callbacks; collect what the host forwarded.
@@ -547,8 +549,7 @@ fn per_topic_metrics_topic_ids_and_bounds_across_vms() {
 #[test]
 fn policy_rewrites_and_probes_through_the_wasm() {
     use kafka_protocol::messages::{
-        produce_request, produce_response, JoinGroupRequest, JoinGroupResponse, ProduceResponse,
-        TopicName,
+        produce_response, JoinGroupRequest, JoinGroupResponse, ProduceResponse, TopicName,
     };
     let cfg = r#"{"policy": {"defaultAction": "deny", "rules": [
         {"name": "orders", "action": "allow", "principals": ["spiffe://cluster.local/ns/shop/sa/orders"],
@@ -561,16 +562,7 @@ fn policy_rewrites_and_probes_through_the_wasm() {
             b"spiffe://cluster.local/ns/shop/sa/orders".to_vec(),
         )]);
         let id = vm.new_connection(props).unwrap();
-        let topic = |n: &'static str| {
-            produce_request::TopicProduceData::default()
-                .with_name(TopicName(StrBytes::from_static_str(n)))
-                .with_partition_data(vec![produce_request::PartitionProduceData::default()
-                    .with_index(0)
-                    .with_records(Some(bytes::Bytes::from(batch(2, 30))))])
-        };
-        let produce = ProduceRequest::default()
-            .with_acks(-1)
-            .with_topic_data(vec![topic("orders.eu"), topic("payments")]);
+        let produce = orders_and_payments();
         let mut reqs = req(0, 9, 1, &produce);
         reqs.extend(req(
             11,
@@ -713,7 +705,6 @@ fn mutated_traffic_never_traps_the_vm() {
 /// the principal at its first data callback.
 #[test]
 fn a_principal_rule_matches_when_the_san_appears_after_the_handshake() {
-    use kafka_protocol::messages::{produce_request, TopicName};
     let cfg = r#"{"policy": {"defaultAction": "deny", "rules": [
         {"name": "orders", "action": "allow", "principals": ["spiffe://cluster.local/ns/shop/sa/orders"],
          "operations": ["produce"], "topics": ["orders.*"]}]}}"#;
@@ -731,16 +722,7 @@ fn a_principal_rule_matches_when_the_san_appears_after_the_handshake() {
             )
             .unwrap();
         assert_eq!(vm.property(id, san), None, "no SAN at connection time");
-        let topic = |n: &'static str| {
-            produce_request::TopicProduceData::default()
-                .with_name(TopicName(StrBytes::from_static_str(n)))
-                .with_partition_data(vec![produce_request::PartitionProduceData::default()
-                    .with_index(0)
-                    .with_records(Some(bytes::Bytes::from(batch(2, 30))))])
-        };
-        let produce = ProduceRequest::default()
-            .with_acks(-1)
-            .with_topic_data(vec![topic("orders.eu"), topic("payments")]);
+        let produce = orders_and_payments();
         let reqs = req(0, 9, 1, &produce);
         let (fwd, _, closed) = feed(&mut vm, id, Dir::Downstream, &reqs, chunk);
         assert!(!closed);
