@@ -171,9 +171,8 @@ pub struct ProduceGuard {
 impl ProduceGuard {
     /// `None` when the policy cannot deny anything in this client's Produce requests.
     pub fn new(policy: Rc<Policy>, id: Identity, version: i16) -> Option<ProduceGuard> {
-        let api_denied = !policy
-            .decide(&id, Question::Api(crate::codec::api::PRODUCE))
-            .allow;
+        let api = policy.decide(&id, Question::Api(crate::codec::api::PRODUCE));
+        let api_denied = !api.allow;
         let need = api_denied
             || policy.may_deny_topics(&id, Operation::Produce)
             || policy.rules.iter().any(|r| r.has_transactional_ids());
@@ -196,8 +195,7 @@ impl ProduceGuard {
             out: Effects::default(),
         };
         if api_denied {
-            let d = policy.decide(&g.id, Question::Api(crate::codec::api::PRODUCE));
-            let rule = policy.rule_name(d).to_string();
+            let rule = policy.rule_name(api).to_string();
             if !g.record(
                 false,
                 rule,
