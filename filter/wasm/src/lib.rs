@@ -43,6 +43,13 @@ fn log(level: LogLevel, msg: &str) {
     let _ = hostcalls::log(level, msg);
 }
 
+/// Whether the host keeps lines at `level` (Envoy answers its `wasm` logger's level,
+/// `Context::getLogLevel` in envoyproxy/envoy `source/extensions/common/wasm/context.cc`).
+/// A host that cannot tell keeps everything.
+fn log_enabled(level: LogLevel) -> bool {
+    hostcalls::get_log_level().map_or(true, |l| (l as u32) <= (level as u32))
+}
+
 fn now_ns() -> u64 {
     hostcalls::get_current_time()
         .ok()
@@ -99,7 +106,9 @@ struct HostShared;
 impl SharedStore for HostShared {
     fn get(&mut self, key: &str) -> Option<(Vec<u8>, u32)> {
         match hostcalls::get_shared_data(key) {
-            Ok((Some(v), cas)) => Some((v, cas.unwrap_or(0))),
+            // A key that holds the empty value comes back as no bytes with a CAS token: it
+            // exists (the SDK maps a zero-length answer to `None`).
+            Ok((v, Some(cas))) => Some((v.unwrap_or_default(), cas)),
             _ => None,
         }
     }
@@ -215,6 +224,9 @@ impl RootContext for Root {
             }
         };
         self.config = Some(cfg.clone());
+        // The shared keys that label bounds and topic ids update by CAS exist before any
+        // connection (labels.rs, "Insert-if-absent"; Envoy runs this first in its canary VM).
+        labels::init_shared(&mut HostShared);
         if let Some(reg) = self.registry.as_ref() {
             let Ok(mut r) = reg.try_borrow_mut() else {
                 return false;
@@ -535,8 +547,11 @@ impl Observer for GlueObserver<'_> {
         } else {
             String::new()
         };
+        // At warn: an Istio sidecar logs at `warning` by default (pilot-agent
+        // `--proxyLogLevel`), and a denial is what an operator needs to see without turning
+        // the wasm component up. The token bucket above keeps it from flooding.
         log(
-            LogLevel::Info,
+            LogLevel::Warn,
             &format!(
                 "kafka-mesh-filter policy {}: {} by rule {:?}, client gets {}{more}",
                 note.outcome.as_str(),
@@ -553,6 +568,12 @@ impl Observer for GlueObserver<'_> {
     }
 
     fn access_log(&mut self, entry: &AccessLog) {
+        // Info, Envoy's level for access logs; dropped by the host below its `wasm` log level
+        // (Istio: `warning` unless `sidecar.istio.io/componentLogLevel: "wasm:info"`), so
+        // skip the formatting when the line would be dropped (Envoy `Context::getLogLevel`).
+        if !log_enabled(LogLevel::Info) {
+            return;
+        }
         log(
             LogLevel::Info,
             &format!("kafka-mesh-filter access {}", entry.to_json()),

@@ -18,6 +18,18 @@
 //! configured maximum for the whole process: the admitted set lives in shared data and is
 //! updated with compare-and-swap, so every worker VM agrees. Past the bound, values fold into
 //! [`OVERFLOW`] and the caller counts the overflow.
+//!
+//! **Insert-if-absent.** Shared data has no such operation: `set` on a key that does not exist
+//! inserts whatever CAS token it is given, and CAS 0 on an existing key overwrites
+//! (proxy-wasm/proxy-wasm-cpp-host `src/shared_data.cc`, `SharedData::set`). Two workers that
+//! both find a key absent and both write would both believe they won, and the process-wide
+//! bound would be exceeded. So every key that is updated (the admitted sets, the topic-id
+//! counter) is created once, at `on_configure` ([`init_shared`]), and afterwards only ever
+//! written with the CAS token of the value that was read. Envoy configures a *canary* VM on
+//! the main thread before any worker VM exists (cpp-host `src/wasm.cc`, `createWasm` calls
+//! `WasmHandleBase::canary`, which runs `start` + `configure` on a clone), so the keys exist
+//! before any two VMs can race. Only a host without that canary, whose workers configure at
+//! the same moment, leaves a window: between one worker's look and its creation of a key.
 
 use std::collections::{HashMap, HashSet};
 
@@ -33,8 +45,54 @@ pub trait SharedStore {
     fn set(&mut self, key: &str, value: &[u8], cas: u32) -> bool;
 }
 
+/// Words after (or before) which a dot in a tag value would let one of Istio's own stats_tags
+/// match inside our stat name and add a label of its own: Istio's bootstrap runs these
+/// regexes, unanchored, on every full stat name, ours included (istio/istio
+/// `tools/packaging/common/envoy_bootstrap.json`: `(cache\.(.+?)\.)`, `(component\.(.+?)\.)`,
+/// `(tag\.(.+?);\.)`, `(wasm_filter\.(.+?)\.)`, `rbac(\.(allowed|denied))`,
+/// `(\.istio_dry_run_(allow|deny)_)`, `(\.shadow_(allowed|denied))`; Envoy searches each in
+/// the original name, `source/common/stats/tag_producer_impl.cc`). The second field is the
+/// offset of the dot that the regex needs; it becomes `_` (`orders.cache.v1` is labelled
+/// `orders.cache_v1`), so the value can never trigger them. Every other value is unchanged.
+const ISTIO_TRIGGERS: &[(&str, usize)] = &[
+    ("cache.", 5),
+    ("component.", 9),
+    ("tag.", 3),
+    ("wasm_filter.", 11),
+    ("rbac.allowed", 4),
+    ("rbac.denied", 4),
+    (".istio_dry_run_allow_", 0),
+    (".istio_dry_run_deny_", 0),
+    (".shadow_allowed", 0),
+    (".shadow_denied", 0),
+];
+
+/// Break every [`ISTIO_TRIGGERS`] occurrence in an already cleaned (ASCII) value.
+fn defuse(mut s: String) -> String {
+    // Each pass only turns dots into `_`, so it ends; a pass cannot create a trigger (none
+    // starts or ends where an `_` made from a dot could complete it), two are a safety net.
+    for _ in 0..2 {
+        let mut changed = false;
+        for (word, dot) in ISTIO_TRIGGERS {
+            while let Some(at) = s.find(word) {
+                let i = at + dot;
+                if s.get(i..=i) != Some(".") {
+                    break;
+                }
+                s.replace_range(i..=i, "_");
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    s
+}
+
 /// Characters kept in a tag value; everything else becomes `_` so a value can never contain
-/// the `;.;` that ends a tag, nor a character Prometheus would have to escape.
+/// the `;.;` that ends a tag, nor a character Prometheus would have to escape; then the dots
+/// that would let Istio's own tag extractors fire inside the name are defused.
 fn clean(v: &str) -> String {
     let s: String = v
         .chars()
@@ -50,7 +108,7 @@ fn clean(v: &str) -> String {
     if s.is_empty() {
         "_".to_string()
     } else {
-        s
+        defuse(s)
     }
 }
 
@@ -94,6 +152,32 @@ impl LabelKind {
 const DENIED_CACHE: usize = 1024;
 const CAS_RETRIES: usize = 8;
 
+const ALL_KINDS: [LabelKind; 4] = [
+    LabelKind::Topic,
+    LabelKind::ClientId,
+    LabelKind::Group,
+    LabelKind::LagSeries,
+];
+
+/// Create every shared key that is later updated by compare-and-swap, each with its empty
+/// value, unless it exists. Called from `on_configure`, which Envoy runs first in the canary
+/// VM on the main thread, before any worker VM (see the module docs). A key that exists is
+/// never written here: its content belongs to whoever admitted into it.
+pub fn init_shared(store: &mut dyn SharedStore) {
+    for kind in ALL_KINDS {
+        create_if_absent(store, &kind.key(), b"");
+    }
+    create_if_absent(store, TOPIC_ID_COUNT, b"0");
+}
+
+/// The only write that does not carry the CAS token of a value read before it, and it writes
+/// only the empty value of a key that nobody has written yet.
+fn create_if_absent(store: &mut dyn SharedStore, key: &str, empty: &[u8]) {
+    if store.get(key).is_none() {
+        store.set(key, empty, 0);
+    }
+}
+
 /// One VM's view of the process-wide admitted label values.
 #[derive(Debug, Default)]
 pub struct Labels {
@@ -118,7 +202,13 @@ impl Labels {
         }
         let key = kind.key();
         for _ in 0..CAS_RETRIES {
-            let (cur, cas) = store.get(&key).unwrap_or_default();
+            // Never write a key we did not read (see the module docs): an absent key (a host
+            // that skipped `on_configure`'s init) is created empty, then read again for its
+            // CAS token.
+            let Some((cur, cas)) = store.get(&key).filter(|(_, cas)| *cas != 0) else {
+                create_if_absent(store, &key, b"");
+                continue;
+            };
             let text = String::from_utf8_lossy(&cur).into_owned();
             let values: Vec<&str> = text.split('\n').filter(|s| !s.is_empty()).collect();
             if values.contains(&value) {
@@ -184,7 +274,11 @@ impl TopicIds {
             // Count first, so the number of stored ids never exceeds the bound.
             let mut counted = false;
             for _ in 0..CAS_RETRIES {
-                let (cur, cas) = store.get(TOPIC_ID_COUNT).unwrap_or_default();
+                let Some((cur, cas)) = store.get(TOPIC_ID_COUNT).filter(|(_, cas)| *cas != 0)
+                else {
+                    create_if_absent(store, TOPIC_ID_COUNT, b"0");
+                    continue;
+                };
                 let n: u32 = std::str::from_utf8(&cur)
                     .ok()
                     .and_then(|s| s.parse().ok())
@@ -282,6 +376,32 @@ mod tests {
     }
 
     #[test]
+    fn values_never_trigger_istio_tag_extractors() {
+        for (raw, want) in [
+            ("orders.cache.v1", "orders.cache_v1"),
+            ("memcache.events", "memcache_events"),
+            ("component.updates", "component_updates"),
+            ("hashtag.stream", "hashtag_stream"),
+            ("a.wasm_filter.b", "a.wasm_filter_b"),
+            ("acl.rbac.allowed", "acl.rbac_allowed"),
+            ("x.rbac.denied.y", "x.rbac_denied.y"),
+            ("t.istio_dry_run_allow_x", "t_istio_dry_run_allow_x"),
+            ("t.shadow_denied", "t_shadow_denied"),
+            ("cache.tag.component.", "cache_tag_component_"),
+            ("tag", "tag"),
+            ("cache", "cache"),
+            ("orders.eu", "orders.eu"),
+            ("tags.v1", "tags.v1"),
+        ] {
+            assert_eq!(
+                stat_name("f", &[("topic", raw)]),
+                format!("topic=.={want};.;f"),
+                "{raw}"
+            );
+        }
+    }
+
+    #[test]
     fn labels_are_bounded_across_vms() {
         let mut store = Mem::default();
         let mut vm1 = Labels::default();
@@ -301,6 +421,82 @@ mod tests {
             store.get("kafka-mesh-filter.labels.client_id").unwrap().0,
             b"x".to_vec()
         );
+    }
+
+    /// A store that, just before the first write reaches it, lets "another VM" run to
+    /// completion on the same data: the interleaving of a real race between two workers
+    /// (VM 1 reads, VM 2 reads and writes, VM 1 writes), deterministic.
+    type OtherVm<'a> = Box<dyn FnOnce(&mut Mem) + 'a>;
+    struct Racing<'a> {
+        inner: Mem,
+        other: Option<OtherVm<'a>>,
+    }
+    impl SharedStore for Racing<'_> {
+        fn get(&mut self, key: &str) -> Option<(Vec<u8>, u32)> {
+            self.inner.get(key)
+        }
+        fn set(&mut self, key: &str, value: &[u8], cas: u32) -> bool {
+            if let Some(other) = self.other.take() {
+                other(&mut self.inner);
+            }
+            self.inner.set(key, value, cas)
+        }
+    }
+
+    #[test]
+    fn racing_first_admissions_never_exceed_the_bound() {
+        for kind in ALL_KINDS {
+            let mut inner = Mem::default();
+            init_shared(&mut inner); // on_configure, in Envoy's canary VM
+            let mut vm2 = Labels::default();
+            let won2 = std::cell::Cell::new(false);
+            let mut store = Racing {
+                inner,
+                other: Some(Box::new(|m: &mut Mem| {
+                    won2.set(vm2.admit(m, kind, "b", 1));
+                })),
+            };
+            let mut vm1 = Labels::default();
+            let won1 = vm1.admit(&mut store, kind, "a", 1);
+            assert!(won2.get(), "the first writer wins");
+            assert!(
+                !won1,
+                "{kind:?}: both VMs believed they admitted a first value"
+            );
+            assert_eq!(store.get(&kind.key()).unwrap().0, b"b".to_vec());
+        }
+    }
+
+    #[test]
+    fn racing_topic_ids_never_exceed_the_bound() {
+        let mut inner = Mem::default();
+        init_shared(&mut inner);
+        let mut vm2 = TopicIds::default();
+        let mut store = Racing {
+            inner,
+            other: Some(Box::new(|m: &mut Mem| vm2.learn(m, [2; 16], "payments", 1))),
+        };
+        TopicIds::default().learn(&mut store, [1; 16], "orders", 1);
+        assert_eq!(store.get(TOPIC_ID_COUNT).unwrap().0, b"1".to_vec());
+        assert!(store
+            .get("kafka-mesh-filter.topic-id.01010101010101010101010101010101")
+            .is_none());
+        assert_eq!(
+            TopicIds::default()
+                .resolve(&mut store, &[2; 16], 1)
+                .as_deref(),
+            Some("payments")
+        );
+    }
+
+    #[test]
+    fn init_never_overwrites_what_was_admitted() {
+        let mut store = Mem::default();
+        init_shared(&mut store);
+        assert!(Labels::default().admit(&mut store, LabelKind::Topic, "a", 5));
+        init_shared(&mut store); // a worker VM configured later, or after FAIL_RELOAD
+        assert_eq!(store.get(&LabelKind::Topic.key()).unwrap().0, b"a".to_vec());
+        assert_eq!(store.get(TOPIC_ID_COUNT).unwrap().0, b"0".to_vec());
     }
 
     #[test]
