@@ -38,6 +38,11 @@ pub mod buffer {
     pub const MAX: i32 = 8;
 }
 
+/// An Istio sidecar's log level: pilot-agent starts Envoy with `--proxyLogLevel` `warning`
+/// for every logger, `wasm` included, so Wasm `info` lines are dropped unless the pod sets
+/// `sidecar.istio.io/componentLogLevel: "wasm:info"` (Envoy levels: 0 trace .. 5 critical).
+pub const ISTIO_PROXY_LOG_LEVEL: i32 = 3;
+
 /// Envoy's default `per_connection_buffer_limit_bytes`: past it Envoy stops reading.
 pub const DEFAULT_BUFFER_LIMIT: usize = 1024 * 1024;
 
@@ -155,10 +160,17 @@ pub struct Process {
     next_cas: Mutex<u32>,
     queues: Mutex<HashMap<u32, SharedQueue>>,
     pub logs: Mutex<Vec<LogLine>>,
-    /// Echo logs at or above this level to stderr (Envoy log levels: 0 trace .. 5 critical).
+    /// The level of Envoy's `wasm` logger (0 trace .. 5 critical); `None` is an Istio
+    /// sidecar's default, [`ISTIO_PROXY_LOG_LEVEL`]. Lines below it are dropped, as Envoy's
+    /// `Context::log` logs through that logger, and `proxy_get_log_level` answers it.
+    pub log_level: Mutex<Option<i32>>,
+    /// Echo kept logs at or above this level to stderr (Envoy log levels: 0 trace .. 5 critical).
     pub echo_level: Mutex<Option<i32>>,
     /// Measurement only: the latest [`VmCounters`] snapshot each worker published, by worker.
     pub vm_counters: Mutex<BTreeMap<usize, VmCounters>>,
+    /// Fault injection (`wasm-sidecar` admin `/fault/trap`): this many of the next calls into
+    /// any VM fail as traps do ([`Vm::fail_next_call`]).
+    pub inject_traps: std::sync::atomic::AtomicU32,
 }
 
 impl Process {
@@ -178,7 +190,29 @@ impl Process {
             .unwrap_or_default()
     }
 
+    /// The `wasm` logger's level now.
+    pub fn log_level(&self) -> i32 {
+        self.log_level
+            .lock()
+            .ok()
+            .and_then(|l| *l)
+            .unwrap_or(ISTIO_PROXY_LOG_LEVEL)
+    }
+
+    /// Set the `wasm` logger's level, as `--proxyLogLevel` or the
+    /// `sidecar.istio.io/componentLogLevel: "wasm:LEVEL"` annotation do in Istio.
+    pub fn set_log_level(&self, level: i32) {
+        if let Ok(mut l) = self.log_level.lock() {
+            *l = Some(level);
+        }
+    }
+
     fn log(&self, level: i32, message: String) {
+        // [envoy] Context::log writes through the `wasm` logger (ENVOY_LOG_TO_LOGGER): a line
+        // below its level never appears anywhere.
+        if level < self.log_level() {
+            return;
+        }
         if let Ok(Some(echo)) = self.echo_level.lock().map(|g| *g) {
             if level >= echo {
                 eprintln!("[wasm log level={level}] {message}");
@@ -192,14 +226,62 @@ impl Process {
     }
 }
 
+/// Envoy's `envoy.extensions.wasm.v3.FailurePolicy`, what Istio sends for
+/// `WasmPlugin.spec.failStrategy` (istio/istio `pilot/pkg/model/extensions.go`,
+/// `buildWasmConfig`: FAIL_CLOSE -> FAIL_CLOSED, FAIL_OPEN -> FAIL_OPEN, FAIL_RELOAD ->
+/// FAIL_RELOAD; an unset strategy is FAIL_CLOSE, so Istio always sends one). What each means
+/// for a new connection is modelled by [`crate::worker::Worker`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum FailurePolicy {
+    /// Also what `UNSPECIFIED` resolves to (envoyproxy/envoy
+    /// `source/extensions/common/wasm/wasm.cc`, `PluginConfig::PluginConfig`).
+    #[default]
+    FailClosed,
+    FailOpen,
+    FailReload,
+}
+
+impl FailurePolicy {
+    /// Istio's `failStrategy` spelling, or Envoy's.
+    pub fn parse(s: &str) -> Option<FailurePolicy> {
+        match s {
+            "FAIL_CLOSE" | "FAIL_CLOSED" => Some(FailurePolicy::FailClosed),
+            "FAIL_OPEN" => Some(FailurePolicy::FailOpen),
+            "FAIL_RELOAD" => Some(FailurePolicy::FailReload),
+            _ => None,
+        }
+    }
+}
+
 /// What Envoy knows about the plugin: its code, configuration and failure policy.
 #[derive(Clone)]
 pub struct PluginSpec {
     pub plugin_config: Vec<u8>,
     pub vm_config: Vec<u8>,
-    /// `failOpen` (Istio `WasmPlugin.spec.failStrategy: FAIL_OPEN`); Envoy's default is closed.
+    /// The deprecated `PluginConfig.fail_open` bool, the only source of cpp-host's
+    /// `PluginBase::fail_open_` (envoyproxy/envoy `source/extensions/common/wasm/plugin.h`,
+    /// `Plugin::Plugin` passes `config.fail_open()`). It decides what connections that are
+    /// already on a VM get when it fails (cpp-host `CHECK_FAIL`): relayed when set, closed
+    /// otherwise. Istio never sets it; it sends `failure_policy`. Setting it also makes the
+    /// policy FAIL_OPEN, as Envoy's `PluginConfig` does.
     pub fail_open: bool,
+    /// `PluginConfig.failure_policy`: what a *new* connection gets when the worker's VM has
+    /// failed (see [`crate::worker::Worker`]).
+    pub failure_policy: FailurePolicy,
+    /// FAIL_RELOAD's `reload_config.backoff.base_interval` (Envoy's default 1 s).
+    pub reload_base_ms: u64,
     pub name: String,
+}
+
+impl PluginSpec {
+    /// The policy Envoy's `PluginConfig` resolves: the legacy bool means FAIL_OPEN.
+    pub fn effective_policy(&self) -> FailurePolicy {
+        if self.fail_open {
+            FailurePolicy::FailOpen
+        } else {
+            self.failure_policy
+        }
+    }
 }
 
 impl Default for PluginSpec {
@@ -208,6 +290,8 @@ impl Default for PluginSpec {
             plugin_config: Vec::new(),
             vm_config: Vec::new(),
             fail_open: false,
+            failure_policy: FailurePolicy::FailClosed,
+            reload_base_ms: 1000,
             name: "kafka-mesh-filter".into(),
         }
     }
@@ -230,6 +314,9 @@ struct ConnState {
     after_handshake: HashMap<String, Vec<u8>>,
     close_requested: bool,
     resume_downstream: bool,
+    /// `proxy_on_upstream_connection_close` has run (at the upstream's end of stream), so the
+    /// final close does not run it again.
+    upstream_closed: bool,
 }
 
 struct HostState {
@@ -269,6 +356,17 @@ pub enum Dir {
     Upstream,
 }
 
+/// proxy-wasm `CloseType` (the Rust SDK's `PeerType`), the argument of the connection close
+/// callbacks: who ended the connection. Envoy passes `Local` or `Remote` for the downstream
+/// connection's close event and `Unknown` for the upstream's end of stream ([envoy]
+/// `Context::onEvent`, `Context::onWrite`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    Unknown = 0,
+    Local = 1,
+    Remote = 2,
+}
+
 pub struct Vm {
     store: Store<HostState>,
     instance: Instance,
@@ -276,6 +374,8 @@ pub struct Vm {
     next_id: u32,
     failed: bool,
     pub fail_reason: Option<String>,
+    /// Fault injection: the next call into the module fails as a trap does.
+    fail_next: bool,
 }
 
 /// Compile once, instantiate per worker.
@@ -387,8 +487,10 @@ fn linker(engine: &Engine) -> Result<Linker<HostState>> {
         "proxy_get_log_level",
         |mut c: Caller<'_, HostState>, p: i32| -> i32 {
             hit(&mut c, "proxy_get_log_level");
-            // Envoy's default log level is info (2).
-            if write_u32(&mut c, p, 2) {
+            // [envoy] Context::getLogLevel answers the `wasm` logger's level: in an Istio
+            // sidecar `warning` unless raised (see `ISTIO_PROXY_LOG_LEVEL`).
+            let level = c.data().process.log_level();
+            if write_u32(&mut c, p, level as u32) {
                 status::OK
             } else {
                 status::INVALID_MEMORY_ACCESS
@@ -1192,6 +1294,7 @@ impl Vm {
             next_id: 2,
             failed: false,
             fail_reason: None,
+            fail_next: false,
         };
         // WASI reactor start
         if let Ok(f) = vm
@@ -1244,7 +1347,30 @@ impl Vm {
         k
     }
 
+    /// Fault injection: the next callback into the module fails the way a trap does (an out of
+    /// memory, a bug), without running it. The VM is then failed with
+    /// `FailState::RuntimeError`, the one failure FAIL_RELOAD recovers from.
+    pub fn fail_next_call(&mut self) {
+        self.fail_next = true;
+    }
+
     fn call(&mut self, name: &'static str, args: &[i32], ret: bool) -> Result<i32> {
+        let injected = self
+            .store
+            .data()
+            .process
+            .inject_traps
+            .fetch_update(
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+                |n| n.checked_sub(1),
+            )
+            .is_ok();
+        if std::mem::take(&mut self.fail_next) || injected {
+            self.failed = true;
+            self.fail_reason = Some(format!("injected trap in {name}"));
+            bail!("{name} trapped: injected");
+        }
         let f = self
             .instance
             .get_func(&mut self.store, name)
@@ -1416,29 +1542,60 @@ impl Vm {
         })
     }
 
-    /// The connection is gone: close callbacks then done/log/delete, as Envoy's
-    /// Context::onEvent + onCloseTCP do.
-    pub fn close(&mut self, id: u32, upstream_first: bool) {
-        if !self.failed {
-            self.store.data_mut().current = id;
-            // PeerType: 0 unknown, 1 local, 2 remote
-            if upstream_first {
-                let _ = self.call_void("proxy_on_upstream_connection_close", &[id as i32, 0]);
-            }
-            if !self.failed {
-                let _ = self.call_void("proxy_on_downstream_connection_close", &[id as i32, 2]);
-            }
-            if !self.failed {
-                let _ = self.call_i32("proxy_on_done", &[id as i32]);
-            }
-            if !self.failed {
-                let _ = self.call_void("proxy_on_log", &[id as i32]);
-            }
-            if !self.failed {
-                let _ = self.call_void("proxy_on_delete", &[id as i32]);
-            }
+    /// The upstream's end of stream has been handed to the filter (a `data` call for
+    /// [`Dir::Upstream`] with `end_of_stream`): Envoy calls `proxy_on_upstream_connection_close`
+    /// (`Unknown`) right there, in [envoy] `Context::onWrite`, not on an upstream connection
+    /// event (registering for those "requires replicating the whole TCP proxy extension", as
+    /// the comment there says). The connection itself stays open under tcp_proxy's half-close
+    /// until [`Vm::close_as`]; an upstream that fails without a FIN never gets this callback.
+    pub fn upstream_end_of_stream(&mut self, id: u32) {
+        let Some(cs) = self.store.data_mut().conns.get_mut(&id) else {
+            return;
+        };
+        if std::mem::replace(&mut cs.upstream_closed, true) || self.failed {
+            return;
         }
-        self.store.data_mut().conns.remove(&id);
+        self.store.data_mut().current = id;
+        let _ = self.call_void(
+            "proxy_on_upstream_connection_close",
+            &[id as i32, Peer::Unknown as i32],
+        );
+    }
+
+    /// The downstream connection has closed: both directions ended (tcp_proxy half-closes, so a
+    /// FIN alone does not close it), the filter or an upstream failure closed it (`Local`),
+    /// or the client's FIN or reset came last (`Remote`). As Envoy: [envoy] `Context::onEvent`
+    /// (`LocalClose`/`RemoteClose`) calls `proxy_on_downstream_connection_close`, and
+    /// `Context::onDownstreamConnectionClose` then `onCloseTCP`, which runs `proxy_on_done`,
+    /// `proxy_on_log` and `proxy_on_delete` once. A connection already closed is left alone
+    /// (`onCloseTCP`'s `tcp_connection_closed_`).
+    pub fn close_as(&mut self, id: u32, peer: Peer) {
+        if self.store.data_mut().conns.remove(&id).is_none() || self.failed {
+            return;
+        }
+        self.store.data_mut().current = id;
+        let _ = self.call_void(
+            "proxy_on_downstream_connection_close",
+            &[id as i32, peer as i32],
+        );
+        if !self.failed {
+            let _ = self.call_i32("proxy_on_done", &[id as i32]);
+        }
+        if !self.failed {
+            let _ = self.call_void("proxy_on_log", &[id as i32]);
+        }
+        if !self.failed {
+            let _ = self.call_void("proxy_on_delete", &[id as i32]);
+        }
+    }
+
+    /// The connection is gone, the client's side last (`Remote`); `upstream_first`: the
+    /// upstream's end of stream came before and has not been reported yet.
+    pub fn close(&mut self, id: u32, upstream_first: bool) {
+        if upstream_first {
+            self.upstream_end_of_stream(id);
+        }
+        self.close_as(id, Peer::Remote);
     }
 
     pub fn tick(&mut self) -> Result<()> {

@@ -4,3 +4,4 @@
 pub mod host;
 pub mod sidecar;
 pub mod stats;
+pub mod worker;

@@ -32,11 +32,49 @@ pub struct Histogram {
     pub values: Vec<u64>,
 }
 
-/// One `stats_config.stats_tags` entry: a tag name and its regex.
+/// One `stats_config.stats_tags` entry: a tag name, its regex, and the literal prefix Envoy
+/// derives from it.
 #[derive(Debug, Clone)]
 pub struct TagSpec {
     pub name: String,
-    pub regex: regex::Regex,
+    /// `None` only for a regex this host's engine cannot compile (Istio's
+    /// `^listener(?=\.)...` uses a look-ahead); allowed only with a prefix, so it can never
+    /// run on a `wasmcustom.` name, the only kind this host stores.
+    pub regex: Option<regex::Regex>,
+    /// [`regex_prefix`]: the extractor runs only on names whose first token is this.
+    pub prefix: Option<String>,
+}
+
+impl TagSpec {
+    pub fn new(name: &str, re: &str) -> anyhow::Result<TagSpec> {
+        let prefix = regex_prefix(re);
+        let regex = match regex::Regex::new(re) {
+            Ok(r) => Some(r),
+            Err(_) if prefix.is_some() => None,
+            Err(e) => return Err(anyhow::anyhow!("stats_tags {name}: {e}")),
+        };
+        Ok(TagSpec {
+            name: name.to_string(),
+            regex,
+            prefix,
+        })
+    }
+}
+
+/// Envoy's `TagExtractorImplBase::extractRegexPrefix` (envoyproxy/envoy
+/// `source/common/stats/tag_extractor_impl.cc`): a regex `^word\.`, `^word(?=\.)` or `^word$`
+/// has the prefix `word`; any other regex has none.
+pub fn regex_prefix(re: &str) -> Option<String> {
+    let rest = re.strip_prefix('^')?;
+    let end = rest
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .unwrap_or(rest.len());
+    if end == 0 {
+        return None;
+    }
+    let tail = &rest[end..];
+    let dot = tail.starts_with("\\.") || tail.starts_with("(?=\\.)");
+    (dot || tail == "$").then(|| rest[..end].to_string())
 }
 
 /// Parse the `stats_config` fragment of an Envoy bootstrap (`{"stats_tags": [{"tag_name",
@@ -57,28 +95,118 @@ pub fn parse_stats_config(json: &str) -> anyhow::Result<Vec<TagSpec>> {
             .get("regex")
             .and_then(|n| n.as_str())
             .ok_or_else(|| anyhow::anyhow!("stats_tags entry {name} without regex"))?;
-        out.push(TagSpec {
-            name: name.to_string(),
-            regex: regex::Regex::new(re)?,
-        });
+        out.push(TagSpec::new(name, re)?);
     }
     Ok(out)
 }
 
-/// Envoy's tag extraction (envoyproxy/envoy `source/common/stats/tag_producer_impl.cc` and
-/// `tag_extractor_impl.cc`, `TagExtractorStdRegexImpl::extractTag`): every extractor searches
-/// the full stat name; on a match with at least one group, group 1 is removed from the name
-/// and group 2 (or group 1) is the tag value. Tags come out in extractor order.
+/// Istio's bootstrap `stats_config`, vendored from istio/istio (see the file's `_source`).
+pub const ISTIO_BOOTSTRAP_STATS: &str = include_str!("istio/bootstrap_stats.json");
+
+/// The `stats_tags` an Istio sidecar runs: Istio's own entries around one
+/// `({tag}=\.=(.*?);\.;)` per `extraStatTags` entry, in the bootstrap template's order.
+pub fn istio_stats_tags(extra_stat_tags: &[String]) -> anyhow::Result<Vec<TagSpec>> {
+    let v: serde_json::Value = serde_json::from_str(ISTIO_BOOTSTRAP_STATS)?;
+    let entries = |k: &str| -> anyhow::Result<Vec<TagSpec>> {
+        v.get(k)
+            .and_then(|a| a.as_array())
+            .ok_or_else(|| anyhow::anyhow!("{k} missing"))?
+            .iter()
+            .map(|t| {
+                TagSpec::new(
+                    t.get("tag_name").and_then(|n| n.as_str()).unwrap_or(""),
+                    t.get("regex").and_then(|n| n.as_str()).unwrap_or(""),
+                )
+            })
+            .collect()
+    };
+    let mut out = entries("stats_tags_before_extra")?;
+    for tag in extra_stat_tags {
+        out.push(TagSpec::new(tag, &format!("({tag}=\\.=(.*?);\\.;)"))?);
+    }
+    out.extend(entries("stats_tags_after_extra")?);
+    Ok(out)
+}
+
+/// Istio's default stats inclusion (`stats_matcher.inclusion_list`): the required prefixes,
+/// suffixes and regexes every sidecar gets, whatever `proxyStatsMatcher` adds
+/// (istio/istio `pkg/bootstrap/config.go`, `requiredEnvoyStatsMatcherInclusionPrefixes`).
+#[derive(Debug, Clone)]
+pub struct Inclusion {
+    prefixes: Vec<String>,
+    suffixes: Vec<String>,
+    regexes: Vec<regex::Regex>,
+}
+
+impl Inclusion {
+    pub fn istio_default() -> anyhow::Result<Inclusion> {
+        let v: serde_json::Value = serde_json::from_str(ISTIO_BOOTSTRAP_STATS)?;
+        let strs = |k: &str| -> Vec<String> {
+            v.get(k)
+                .and_then(|a| a.as_array())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        Ok(Inclusion {
+            prefixes: strs("inclusion_prefixes"),
+            suffixes: strs("inclusion_suffixes"),
+            regexes: strs("inclusion_regexes")
+                .iter()
+                .map(|r| regex::Regex::new(&format!("^(?:{r})$")))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// Envoy's `StatsMatcherImpl` on the full stat name (namespace included): a prefix is a
+    /// plain string prefix (`wasm` is not dot-terminated, so it matches `wasmcustom.`), a
+    /// regex must match the whole name (`safe_regex` is a full match).
+    pub fn includes(&self, full: &str) -> bool {
+        self.prefixes.iter().any(|p| full.starts_with(p.as_str()))
+            || self.suffixes.iter().any(|p| full.ends_with(p.as_str()))
+            || self.regexes.iter().any(|r| r.is_match(full))
+    }
+}
+
+/// Envoy's tag extraction (envoyproxy/envoy `source/common/stats/tag_producer_impl.cc`,
+/// `TagProducerImpl::produceTags` / `forEachExtractorMatching`, and `tag_extractor_impl.cc`,
+/// `TagExtractorStdRegexImpl::extractTag`):
+/// - extractors without a prefix run first, in config order, then those whose prefix is the
+///   name's first token (the text before the first `.`);
+/// - every extractor searches the *original* full name; the removed ranges are merged and cut
+///   out once at the end;
+/// - on a match with at least one group, group 1 is removed and group 2 (group 1 when the
+///   regex has only one) is the tag value;
+/// - of several extractors with the same tag name, only the first that matches adds it.
 pub fn extract_tags(specs: &[TagSpec], full: &str) -> (String, Vec<(String, String)>) {
     let mut remove: Vec<(usize, usize)> = Vec::new();
-    let mut tags = Vec::new();
-    for spec in specs {
-        let Some(c) = spec.regex.captures(full) else {
+    let mut tags: Vec<(String, String)> = Vec::new();
+    let first_token = full.split_once('.').map(|(t, _)| t);
+    let order = specs.iter().filter(|s| s.prefix.is_none()).chain(
+        specs
+            .iter()
+            .filter(|s| s.prefix.as_deref().is_some_and(|p| Some(p) == first_token)),
+    );
+    for spec in order {
+        if tags.iter().any(|(n, _)| *n == spec.name) {
+            continue;
+        }
+        let Some(re) = spec.regex.as_ref() else {
+            continue;
+        };
+        let Some(c) = re.captures(full) else {
             continue;
         };
         let Some(g1) = c.get(1) else { continue };
-        let value = c.get(2).unwrap_or(g1).as_str().to_string();
-        tags.push((spec.name.clone(), value));
+        let value = if re.captures_len() > 2 {
+            c.get(2).map_or("", |m| m.as_str())
+        } else {
+            g1.as_str()
+        };
+        tags.push((spec.name.clone(), value.to_string()));
         remove.push((g1.start(), g1.end()));
     }
     let mut name = String::with_capacity(full.len());
@@ -96,6 +224,9 @@ pub struct Stats {
     pub gauges: BTreeMap<String, i64>,
     pub histograms: BTreeMap<String, Histogram>,
     pub tag_specs: Vec<TagSpec>,
+    /// `stats_config.stats_matcher`: a stat it does not include is never created in Envoy,
+    /// so it never shows. `None`: everything (Envoy's default).
+    pub inclusion: Option<Inclusion>,
 }
 
 impl Stats {
@@ -170,6 +301,9 @@ impl Stats {
         let group = |names: Vec<&String>| {
             let mut g: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
             for n in names {
+                if self.inclusion.as_ref().is_some_and(|i| !i.includes(n)) {
+                    continue;
+                }
                 let (ext, tags) = extract_tags(&self.tag_specs, n);
                 g.entry(prom_name(&ext))
                     .or_default()
