@@ -33,7 +33,7 @@ def wait_port(port, timeout=30):
 
 class Sidecar:
     def __init__(self, tmp, upstream, chunk=0, workers=1, config="{}", port=None, log_level="warn",
-                 properties=None, buffer_limit=None):
+                 properties=None, buffer_limit=None, extra_args=()):
         self.port, self.admin = port or free_port(), free_port()
         cfg = tmp / f"cfg-{self.port}.json"
         cfg.write_text(config)
@@ -48,6 +48,7 @@ class Sidecar:
             args += ["--buffer-limit", str(buffer_limit)]
         for k, v in (properties or {}).items():
             args += ["--property", f"{k}={v}"]
+        args += list(extra_args)
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
         wait_port(self.port)
         self.bootstrap = f"127.0.0.1:{self.port}"
@@ -76,6 +77,10 @@ class Sidecar:
                 total += value
         return total
 
+    def trap_next_vm_call(self):
+        """Fault injection: the next call into a VM fails as a trap does (admin /fault/trap)."""
+        urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/fault/trap", timeout=5).read()
+
     def read_log(self):
         self.log.flush()
         return Path(self.log.name).read_text()
@@ -96,7 +101,7 @@ class Stack:
     address after bootstrap stay behind the filter, and the sidecar in front of it."""
 
     def __init__(self, tmp, chunk=0, workers=1, config="{}", log_level="warn", properties=None,
-                 advertise=None, buffer_limit=None):
+                 advertise=None, buffer_limit=None, sidecar_args=()):
         assert WASM.exists(), f"{WASM} missing: run `make build`"
         assert SIDECAR.exists(), f"{SIDECAR} missing: run `make build`"
         self.broker_port = free_port()
@@ -113,7 +118,7 @@ class Stack:
         wait_port(self.broker_port)
         self.sidecar = Sidecar(tmp, f"127.0.0.1:{self.broker_port}", chunk, workers, config,
                                port=sidecar_port, log_level=log_level, properties=properties,
-                               buffer_limit=buffer_limit)
+                               buffer_limit=buffer_limit, extra_args=sidecar_args)
         self.bootstrap = self.sidecar.bootstrap
 
     def stop(self):

@@ -3,9 +3,11 @@
 //! fail-open/closed on a trap, missing imports, per-worker VMs sharing stats).
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::Arc;
+
+use common::{batch, feed, filter, req, resp, vm_with};
 
 use kafka_mesh_testhost::host::{Dir, PluginSpec, Process, Vm};
 use kafka_mesh_testhost::stats::{parse_stats_config, OUR_STATS_CONFIG};
@@ -14,47 +16,8 @@ use kafka_protocol::messages::{
     ApiVersionsRequest, MetadataRequest, MetadataResponse, ProduceRequest, RequestHeader,
     ResponseHeader,
 };
-use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+use kafka_protocol::protocol::{Decodable, StrBytes};
 use wasmtime::{Engine, Module};
-
-fn wasm_path() -> PathBuf {
-    std::env::var_os("KMF_WASM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../target/wasm32-wasip1/release/kafka_mesh_filter.wasm")
-        })
-}
-
-fn filter() -> (Engine, Module) {
-    let engine = Engine::default();
-    let bytes = std::fs::read(wasm_path())
-        .unwrap_or_else(|e| panic!("{}: {e}; run `make build` first", wasm_path().display()));
-    let module = Module::new(&engine, bytes).unwrap();
-    (engine, module)
-}
-
-fn vm_with(config: &str, process: &Arc<Process>) -> Vm {
-    let (engine, module) = filter();
-    let spec = PluginSpec {
-        plugin_config: config.as_bytes().to_vec(),
-        ..PluginSpec::default()
-    };
-    Vm::start(&engine, &module, process.clone(), spec).unwrap()
-}
-
-fn req<B: Encodable + HeaderVersion>(key: i16, v: i16, corr: i32, body: &B) -> Vec<u8> {
-    let h = RequestHeader::default()
-        .with_request_api_key(key)
-        .with_request_api_version(v)
-        .with_correlation_id(corr)
-        .with_client_id(Some(StrBytes::from_static_str("it")));
-    kafka_mesh_core::testkit::encode_request(&h, body, v)
-}
-
-fn resp<B: Encodable + HeaderVersion>(corr: i32, v: i16, body: &B) -> Vec<u8> {
-    kafka_mesh_core::testkit::encode_response(corr, body, v)
-}
 
 /// A Produce v9-shaped request (acks all) to `orders.eu` and `payments`, one small batch each:
 /// what the policy tests below allow and deny.
@@ -70,21 +33,6 @@ fn orders_and_payments() -> ProduceRequest {
     ProduceRequest::default()
         .with_acks(-1)
         .with_topic_data(vec![topic("orders.eu"), topic("payments")])
-}
-
-/// Feed `bytes` in `chunk`-sized callbacks; collect what the host forwarded.
-fn feed(vm: &mut Vm, id: u32, dir: Dir, bytes: &[u8], chunk: usize) -> (Vec<u8>, usize, bool) {
-    let mut out = Vec::new();
-    let mut pauses = 0;
-    for c in bytes.chunks(chunk.max(1)) {
-        let r = vm.data(id, dir, c, false);
-        out.extend(r.forwarded);
-        pauses += usize::from(r.paused);
-        if r.close {
-            return (out, pauses, true);
-        }
-    }
-    (out, pauses, false)
 }
 
 fn stream() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
@@ -334,11 +282,6 @@ fn a_missing_import_fails_the_load_naming_it() {
     );
 }
 
-/// A v2 record batch header plus `payload` opaque bytes (the filter reads only the header).
-fn batch(count: i32, payload: usize) -> Vec<u8> {
-    kafka_mesh_core::testkit::record_batch(0, count, payload, 0)
-}
-
 /// Per-topic metrics end to end through the built wasm, across two worker VMs: VM A learns
 /// a topic id from a Metadata response, VM B labels a topic-id Fetch with the name through
 /// shared data; the label bound is process-wide; `/stats/prometheus` shows Envoy's labels.
@@ -349,6 +292,8 @@ fn per_topic_metrics_topic_ids_and_bounds_across_vms() {
         FetchResponse, TopicName,
     };
     let process = Process::new();
+    // the access log is at info: raise the wasm logger as `componentLogLevel: wasm:info` does
+    process.set_log_level(2);
     let cfg = r#"{"metrics": {"maxTopics": 2}, "accessLog": {"enabled": true}}"#;
     let mut a = vm_with(cfg, &process);
     let mut b = vm_with(cfg, &process);
