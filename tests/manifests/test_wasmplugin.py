@@ -179,3 +179,18 @@ def test_stats_tags_are_the_same_everywhere():
     patch = yaml.safe_load((MANIFESTS / "istio/proxy-config-patch.yaml").read_text())
     proxy = yaml.safe_load(patch["spec"]["template"]["metadata"]["annotations"]["proxy.istio.io/config"])
     assert proxy["extraStatTags"] == shipped
+
+
+def test_istio_needs_only_extra_stat_tags():
+    """Istio always includes stats starting with `wasm` (pkg/bootstrap/config.go, vendored with
+    the test host, which applies it in `--stats-config istio`), so our `wasmcustom.*` series
+    need no proxyStatsMatcher: the patch must not tell users they do."""
+    import json
+    istio = json.loads((ROOT / "tests/src/istio/bootstrap_stats.json").read_text())
+    assert istio["use_all_default_tags"] is False
+    assert "wasm" in istio["inclusion_prefixes"]
+    assert "wasmcustom.topic=.=orders;.;kafka_mesh_produce_records_total".startswith(
+        tuple(istio["inclusion_prefixes"]))
+    patch = yaml.safe_load((MANIFESTS / "istio/proxy-config-patch.yaml").read_text())
+    proxy = yaml.safe_load(patch["spec"]["template"]["metadata"]["annotations"]["proxy.istio.io/config"])
+    assert set(proxy) == {"extraStatTags"}
