@@ -35,12 +35,14 @@ pub fn plan_clamps(version: i16, body: &[u8]) -> DecodeResult<Vec<Clamp>> {
 }
 
 /// The highest version of `api_key` the filter lets clients use: the parse table's, lowered
-/// under a policy for the APIs whose newer versions the policy cannot rewrite (OffsetFetch
-/// v8+ batches groups; OffsetCommit v10 names topics by id only).
+/// under a policy for the APIs whose newer versions the policy does not rewrite yet: OffsetFetch
+/// v10 and OffsetCommit v10 name topics by id only (KIP-848). OffsetFetch v8-9 (groups
+/// batched) are enforced; capping them at v7 made clients that can batch (kafka-python 3)
+/// fall back to v7, whose all-offsets answer tansu 0.6 writes without its `topics` array.
 pub fn effective_max(info: &api::ApiInfo, policy: bool) -> i16 {
     match (policy, info.key) {
         (true, 8) => info.max_version.min(9),
-        (true, 9) => info.max_version.min(7),
+        (true, 9) => info.max_version.min(9),
         _ => info.max_version,
     }
 }

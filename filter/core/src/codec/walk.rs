@@ -61,6 +61,12 @@ pub enum Ty {
     /// An array of plain values written as a one-field struct without tagged fields (e.g.
     /// DeleteTopics v0-5 `topic_names`, an array of strings).
     Plain(&'static [Field]),
+    /// A nullable struct (Kafka's `"nullableVersions"` on a struct field): an int8 marker, -1
+    /// for null, 1 followed by the struct (and its tagged fields when flexible); e.g.
+    /// DescribeTopicPartitions' `cursor` (apache/kafka `clients/src/main/resources/common/
+    /// message/DescribeTopicPartitionsRequest.json`; kafka-protocol 0.18 writes and reads
+    /// the same int8 in `describe_topic_partitions_request.rs`).
+    Nullable(&'static [Field]),
     /// An array of int32 / int64, skipped whole.
     I32Array,
     I64Array,
@@ -310,9 +316,23 @@ static OFFSET_COMMIT_REQ: &[Field] = &[
     f(Topics, Array(OFFSET_COMMIT_REQ_TOPIC), 0),
 ];
 static OFFSET_FETCH_REQ_TOPIC: &[Field] = &[f(Topic, Str, 0), f(Skip, I32Array, 0)];
+/// OffsetFetch v8+ batches groups (KIP-709); v9 adds the member id and epoch (KIP-848),
+/// v10 names topics by id (apache/kafka `clients/src/main/resources/common/message/OffsetFetchRequest.json`).
+static OFFSET_FETCH_REQ_GROUP_TOPIC: &[Field] = &[
+    fr(Topic, Str, 8, 9),
+    f(TopicId, Uuid, 10),
+    f(Skip, I32Array, 8),
+];
+static OFFSET_FETCH_REQ_GROUP: &[Field] = &[
+    f(GroupId, Str, 8),
+    f(Skip, Str, 9), // member_id (nullable)
+    f(Skip, I32, 9), // member_epoch
+    f(Topics, Array(OFFSET_FETCH_REQ_GROUP_TOPIC), 8),
+];
 static OFFSET_FETCH_REQ: &[Field] = &[
-    f(GroupId, Str, 0),
-    f(Topics, Array(OFFSET_FETCH_REQ_TOPIC), 0),
+    fr(GroupId, Str, 0, 7),
+    fr(Topics, Array(OFFSET_FETCH_REQ_TOPIC), 0, 7),
+    f(Skip, Array(OFFSET_FETCH_REQ_GROUP), 8),
     f(Skip, I8, 7), // require_stable
 ];
 
@@ -377,6 +397,233 @@ static ACL_ENTRY: &[Field] = &[
 ];
 /// CreateAcls `creations` and DeleteAcls `filters` have the same layout (v1+).
 static ACLS_REQ: &[Field] = &[f(Topics, Array(ACL_ENTRY), 0)];
+
+// ---- Group, transaction and consumer-protocol requests the policy checks (issue 11) --------
+// Layouts from apache/kafka `clients/src/main/resources/common/message/<Name>Request.json`.
+static NAME: &[Field] = &[f(Skip, Str, 0)];
+/// DeleteGroups (42): `groups_names`.
+static DELETE_GROUPS_REQ: &[Field] = &[f(Skip, Plain(NAME), 0)];
+/// DescribeGroups (15): `groups`, `include_authorized_operations` (v3+).
+static DESCRIBE_GROUPS_REQ: &[Field] = &[f(Skip, Plain(NAME), 0), f(Skip, I8, 3)];
+/// ConsumerGroupDescribe (69), ShareGroupDescribe (77), StreamsGroupDescribe (89):
+/// `group_ids`, `include_authorized_operations`.
+static GROUPS_DESCRIBE_REQ: &[Field] = &[f(Skip, Plain(NAME), 0), f(Skip, I8, 0)];
+static OFFSET_DELETE_PART: &[Field] = &[f(Skip, I32, 0)];
+static OFFSET_DELETE_TOPIC: &[Field] = &[f(Skip, Str, 0), f(Skip, Array(OFFSET_DELETE_PART), 0)];
+/// OffsetDelete (47) v0: `group_id`, `topics[name, partitions[partition_index]]`.
+static OFFSET_DELETE_REQ: &[Field] = &[f(Skip, Str, 0), f(Skip, Array(OFFSET_DELETE_TOPIC), 0)];
+static TXN_OFFSET_COMMIT_PART: &[Field] = &[
+    f(Skip, I32, 0), // partition_index
+    f(Skip, I64, 0), // committed_offset
+    f(Skip, I32, 2), // committed_leader_epoch
+    f(Skip, Str, 0), // committed_metadata
+];
+static TXN_OFFSET_COMMIT_TOPIC: &[Field] =
+    &[f(Skip, Str, 0), f(Skip, Array(TXN_OFFSET_COMMIT_PART), 0)];
+/// TxnOffsetCommit (28).
+static TXN_OFFSET_COMMIT_REQ: &[Field] = &[
+    f(Skip, Str, 0), // transactional_id
+    f(Skip, Str, 0), // group_id
+    f(Skip, I64, 0), // producer_id
+    f(Skip, I16, 0), // producer_epoch
+    f(Skip, I32, 3), // generation_id
+    f(Skip, Str, 3), // member_id
+    f(Skip, Str, 3), // group_instance_id
+    f(Skip, Array(TXN_OFFSET_COMMIT_TOPIC), 0),
+];
+static ADD_PARTITIONS_TOPIC: &[Field] = &[f(Skip, Str, 0), f(Skip, I32Array, 0)];
+/// AddPartitionsToTxn (24) v0-3 (v4+ batches transactions, for brokers).
+static ADD_PARTITIONS_REQ: &[Field] = &[
+    fr(Skip, Str, 0, 3), // v3_and_below_transactional_id
+    fr(Skip, I64, 0, 3),
+    fr(Skip, I16, 0, 3),
+    fr(Skip, Array(ADD_PARTITIONS_TOPIC), 0, 3),
+];
+static CGH_TOPIC_PARTITIONS: &[Field] = &[f(Skip, Uuid, 0), f(Skip, I32Array, 0)];
+/// ConsumerGroupHeartbeat (68, KIP-848).
+static CONSUMER_GROUP_HEARTBEAT_REQ: &[Field] = &[
+    f(Skip, Str, 0),         // group_id
+    f(Skip, Str, 0),         // member_id
+    f(Skip, I32, 0),         // member_epoch
+    f(Skip, Str, 0),         // instance_id
+    f(Skip, Str, 0),         // rack_id
+    f(Skip, I32, 0),         // rebalance_timeout_ms
+    f(Skip, Plain(NAME), 0), // subscribed_topic_names (nullable)
+    f(Skip, Str, 1),         // subscribed_topic_regex
+    f(Skip, Str, 0),         // server_assignor
+    f(Skip, Array(CGH_TOPIC_PARTITIONS), 0),
+];
+static LISTED_GROUP: &[Field] = &[
+    f(Skip, Str, 0), // group_id
+    f(Skip, Str, 0), // protocol_type
+    f(Skip, Str, 4), // group_state
+    f(Skip, Str, 5), // group_type
+];
+/// ListGroups (16) response, whole, for filtering it.
+static LIST_GROUPS_RESP_FULL: &[Field] = &[
+    f(Skip, I32, 1),
+    f(TopErrorCode, I16, 0),
+    f(Skip, Array(LISTED_GROUP), 0),
+];
+pub static S_DELETE_GROUPS_REQ: Schema = schema(0, DELETE_GROUPS_REQ);
+pub static S_DESCRIBE_GROUPS_REQ: Schema = schema(0, DESCRIBE_GROUPS_REQ);
+pub static S_GROUPS_DESCRIBE_REQ: Schema = schema(0, GROUPS_DESCRIBE_REQ);
+pub static S_OFFSET_DELETE_REQ: Schema = schema(0, OFFSET_DELETE_REQ);
+pub static S_TXN_OFFSET_COMMIT_REQ: Schema = schema(0, TXN_OFFSET_COMMIT_REQ);
+pub static S_ADD_PARTITIONS_REQ: Schema = schema(0, ADD_PARTITIONS_REQ);
+pub static S_CONSUMER_GROUP_HEARTBEAT_REQ: Schema = schema(0, CONSUMER_GROUP_HEARTBEAT_REQ);
+pub static S_LIST_GROUPS_RESP_FULL: Schema = schema(0, LIST_GROUPS_RESP_FULL);
+
+// ---- Topic-naming admin and consumer requests the policy checks (issue 11, point 4) --------
+// Layouts from apache/kafka `clients/src/main/resources/common/message/<Name>Request.json`,
+// as kafka-protocol 0.18 encodes them (`src/messages/<name>_request.rs`).
+static DESCRIBE_CONFIGS_RESOURCE: &[Field] = &[
+    f(Skip, I8, 0),          // resource_type
+    f(Skip, Str, 0),         // resource_name
+    f(Skip, Plain(NAME), 0), // configuration_keys (nullable)
+];
+/// DescribeConfigs (32) v1-4 (kafka-protocol 0.18 reads v1+).
+static DESCRIBE_CONFIGS_REQ: &[Field] = &[
+    f(Skip, Array(DESCRIBE_CONFIGS_RESOURCE), 0),
+    f(Skip, I8, 1), // include_synonyms
+    f(Skip, I8, 3), // include_documentation
+];
+static NAME_PARTITIONS: &[Field] = &[f(Skip, Str, 0), f(Skip, I32Array, 0)];
+/// DescribeProducers (61) v0: `topics[name, partition_indexes]`.
+static DESCRIBE_PRODUCERS_REQ: &[Field] = &[f(Skip, Array(NAME_PARTITIONS), 0)];
+static OFFSET_FOR_LEADER_EPOCH_PART: &[Field] = &[
+    f(Skip, I32, 0), // partition
+    f(Skip, I32, 2), // current_leader_epoch
+    f(Skip, I32, 0), // leader_epoch
+];
+static OFFSET_FOR_LEADER_EPOCH_TOPIC: &[Field] = &[
+    f(Skip, Str, 0),
+    f(Skip, Array(OFFSET_FOR_LEADER_EPOCH_PART), 0),
+];
+/// OffsetForLeaderEpoch (23) v2-4 (kafka-protocol 0.18 reads v2+).
+static OFFSET_FOR_LEADER_EPOCH_REQ: &[Field] = &[
+    f(Skip, I32, 3), // replica_id
+    f(Skip, Array(OFFSET_FOR_LEADER_EPOCH_TOPIC), 0),
+];
+/// DescribeTopicPartitions' `cursor` / `next_cursor`: topic name, partition index.
+static DTP_CURSOR: &[Field] = &[f(Skip, Str, 0), f(Skip, I32, 0)];
+/// DescribeTopicPartitions (75) v0: `topics[name]`, `response_partition_limit`, `cursor`.
+static DESCRIBE_TOPIC_PARTITIONS_REQ: &[Field] = &[
+    f(Skip, Array(NAME), 0),
+    f(Skip, I32, 0),
+    f(Skip, Nullable(DTP_CURSOR), 0),
+];
+static DTP_RESP_PART: &[Field] = &[
+    f(Skip, I16, 0),      // error_code
+    f(Skip, I32, 0),      // partition_index
+    f(Skip, I32, 0),      // leader_id
+    f(Skip, I32, 0),      // leader_epoch
+    f(Skip, I32Array, 0), // replica_nodes
+    f(Skip, I32Array, 0), // isr_nodes
+    f(Skip, I32Array, 0), // eligible_leader_replicas (nullable)
+    f(Skip, I32Array, 0), // last_known_elr (nullable)
+    f(Skip, I32Array, 0), // offline_replicas
+];
+static DTP_RESP_TOPIC: &[Field] = &[
+    f(Skip, I16, 0),  // error_code
+    f(Skip, Str, 0),  // name (nullable)
+    f(Skip, Uuid, 0), // topic_id
+    f(Skip, I8, 0),   // is_internal
+    f(Skip, Array(DTP_RESP_PART), 0),
+    f(Skip, I32, 0), // topic_authorized_operations
+];
+/// DescribeTopicPartitions (75) response v0, whole, for filtering an all-topics answer.
+static DESCRIBE_TOPIC_PARTITIONS_RESP: &[Field] = &[
+    f(Skip, I32, 0),
+    f(Skip, Array(DTP_RESP_TOPIC), 0),
+    f(Skip, Nullable(DTP_CURSOR), 0),
+];
+
+// ---- Share groups (KIP-932), v1: the version kafka-protocol 0.18 reads --------------------
+// Layouts from apache/kafka `clients/src/main/resources/common/message/Share*Request.json`
+// as kafka-protocol 0.18 encodes v1 (`src/messages/share_*_request.rs`).
+/// ShareGroupHeartbeat (76).
+static SHARE_GROUP_HEARTBEAT_REQ: &[Field] = &[
+    f(Skip, Str, 0),         // group_id
+    f(Skip, Str, 0),         // member_id
+    f(Skip, I32, 0),         // member_epoch
+    f(Skip, Str, 0),         // rack_id
+    f(Skip, Plain(NAME), 0), // subscribed_topic_names (nullable)
+];
+static I8_ITEM: &[Field] = &[f(Skip, I8, 0)];
+static SHARE_ACK_BATCH: &[Field] = &[
+    f(Skip, I64, 0),            // first_offset
+    f(Skip, I64, 0),            // last_offset
+    f(Skip, Plain(I8_ITEM), 0), // acknowledge_types
+];
+static SHARE_PART: &[Field] = &[f(Skip, I32, 0), f(Skip, Array(SHARE_ACK_BATCH), 0)];
+static SHARE_TOPIC: &[Field] = &[f(Skip, Uuid, 0), f(Skip, Array(SHARE_PART), 0)];
+static SHARE_FORGOTTEN: &[Field] = &[f(Skip, Uuid, 0), f(Skip, I32Array, 0)];
+/// ShareFetch (78) v1.
+static SHARE_FETCH_REQ: &[Field] = &[
+    f(Skip, Str, 0), // group_id
+    f(Skip, Str, 0), // member_id
+    f(Skip, I32, 0), // share_session_epoch
+    f(Skip, I32, 0), // max_wait_ms
+    f(Skip, I32, 0), // min_bytes
+    f(Skip, I32, 0), // max_bytes
+    f(Skip, I32, 1), // max_records
+    f(Skip, I32, 1), // batch_size
+    f(Skip, Array(SHARE_TOPIC), 0),
+    f(Skip, Array(SHARE_FORGOTTEN), 0),
+];
+/// ShareAcknowledge (79) v1.
+static SHARE_ACKNOWLEDGE_REQ: &[Field] = &[
+    f(Skip, Str, 0), // group_id
+    f(Skip, Str, 0), // member_id
+    f(Skip, I32, 0), // share_session_epoch
+    f(Skip, Array(SHARE_TOPIC), 0),
+];
+/// DescribeShareGroupOffsets (90) v0: `groups[group_id, topics (nullable)[topic_name,
+/// partitions]]`.
+static DSGO_GROUP: &[Field] = &[f(Skip, Str, 0), f(Skip, Array(NAME_PARTITIONS), 0)];
+static DESCRIBE_SHARE_GROUP_OFFSETS_REQ: &[Field] = &[f(Skip, Array(DSGO_GROUP), 0)];
+static DSGO_RESP_PART: &[Field] = &[
+    f(Skip, I32, 0), // partition_index
+    f(Skip, I64, 0), // start_offset
+    f(Skip, I32, 0), // leader_epoch
+    f(Skip, I16, 0), // error_code
+    f(Skip, Str, 0), // error_message
+];
+static DSGO_RESP_TOPIC: &[Field] = &[
+    f(Skip, Str, 0),
+    f(Skip, Uuid, 0),
+    f(Skip, Array(DSGO_RESP_PART), 0),
+];
+static DSGO_RESP_GROUP: &[Field] = &[
+    f(Skip, Str, 0),
+    f(Skip, Array(DSGO_RESP_TOPIC), 0),
+    f(Skip, I16, 0),
+    f(Skip, Str, 0),
+];
+/// DescribeShareGroupOffsets (90) response v0, whole, for a rewrite.
+static DESCRIBE_SHARE_GROUP_OFFSETS_RESP: &[Field] =
+    &[f(Skip, I32, 0), f(Skip, Array(DSGO_RESP_GROUP), 0)];
+static ASGO_PART: &[Field] = &[f(Skip, I32, 0), f(Skip, I64, 0)];
+static ASGO_TOPIC: &[Field] = &[f(Skip, Str, 0), f(Skip, Array(ASGO_PART), 0)];
+/// AlterShareGroupOffsets (91) v0: `group_id`, `topics[topic_name, partitions[index,
+/// start_offset]]`.
+static ALTER_SHARE_GROUP_OFFSETS_REQ: &[Field] = &[f(Skip, Str, 0), f(Skip, Array(ASGO_TOPIC), 0)];
+/// DeleteShareGroupOffsets (92) v0: `group_id`, `topics[topic_name]`.
+static DELETE_SHARE_GROUP_OFFSETS_REQ: &[Field] = &[f(Skip, Str, 0), f(Skip, Array(NAME), 0)];
+pub static S_DESCRIBE_SHARE_GROUP_OFFSETS_REQ: Schema = schema(0, DESCRIBE_SHARE_GROUP_OFFSETS_REQ);
+pub static S_DESCRIBE_SHARE_GROUP_OFFSETS_RESP: Schema =
+    schema(0, DESCRIBE_SHARE_GROUP_OFFSETS_RESP);
+pub static S_ALTER_SHARE_GROUP_OFFSETS_REQ: Schema = schema(0, ALTER_SHARE_GROUP_OFFSETS_REQ);
+pub static S_DELETE_SHARE_GROUP_OFFSETS_REQ: Schema = schema(0, DELETE_SHARE_GROUP_OFFSETS_REQ);
+pub static S_SHARE_GROUP_HEARTBEAT_REQ: Schema = schema(1, SHARE_GROUP_HEARTBEAT_REQ);
+pub static S_SHARE_FETCH_REQ: Schema = schema(1, SHARE_FETCH_REQ);
+pub static S_SHARE_ACKNOWLEDGE_REQ: Schema = schema(1, SHARE_ACKNOWLEDGE_REQ);
+pub static S_DESCRIBE_CONFIGS_REQ: Schema = schema(1, DESCRIBE_CONFIGS_REQ);
+pub static S_DESCRIBE_PRODUCERS_REQ: Schema = schema(0, DESCRIBE_PRODUCERS_REQ);
+pub static S_OFFSET_FOR_LEADER_EPOCH_REQ: Schema = schema(2, OFFSET_FOR_LEADER_EPOCH_REQ);
+pub static S_DESCRIBE_TOPIC_PARTITIONS_REQ: Schema = schema(0, DESCRIBE_TOPIC_PARTITIONS_REQ);
+pub static S_DESCRIBE_TOPIC_PARTITIONS_RESP: Schema = schema(0, DESCRIBE_TOPIC_PARTITIONS_RESP);
 
 // ---- Address-carrying responses (for rewriting them whole) ---------------------------------
 static FIND_COORDINATOR_RESP_FULL: &[Field] = &[
@@ -550,14 +797,70 @@ static OFFSET_FETCH_RESP_TOPIC: &[Field] = &[
     f(Topic, Str, 0),
     f(Partitions, Array(OFFSET_FETCH_RESP_PART), 0),
 ];
-/// OffsetFetch v1-7 (v8+ batches groups: only the throttle is read, then the walk stops).
-static OFFSET_FETCH_RESP: &[Field] = &[
-    f(Skip, I32, 3),
-    fr(Skip, Stop, 8, i16::MAX),
-    f(Topics, Array(OFFSET_FETCH_RESP_TOPIC), 0),
-    f(TopErrorCode, I16, 2),
+/// OffsetFetch, every version: v1-7 topics, v8+ the same per group (errors per topic).
+static S_OFFSET_FETCH_RESP: Schema = schema(1, OFFSET_FETCH_RESP_FULL);
+/// OffsetFetch v1-7 as tansu 0.6 answers a request for all of a group's offsets (`topics`
+/// null): it leaves the `topics` array out altogether, because tansu-sans-io writes nothing
+/// for a `None` in a field that is not nullable in that version (crate tansu-sans-io 0.6.0
+/// `src/ser.rs`, `serialize_none`), and tansu fills `topics` only for named topics (crate
+/// tansu-broker 0.6.0 `src/coordinator/group/administrator.rs`, `fetch_offset`). Such a body
+/// is shorter than any body Kafka's layout allows ([`offset_fetch_bare`]), so it cannot be
+/// mistaken for one.
+static OFFSET_FETCH_RESP_BARE: &[Field] = &[f(Skip, I32, 3), f(TopErrorCode, I16, 2)];
+static S_OFFSET_FETCH_RESP_BARE: Schema = schema(1, OFFSET_FETCH_RESP_BARE);
+static OFFSET_FETCH_RESP_GROUP_PART: &[Field] = &[
+    f(Partition, I32, 8),
+    f(Skip, I64, 8), // committed_offset
+    f(Skip, I32, 8), // committed_leader_epoch
+    f(Skip, Str, 8), // metadata
+    f(ErrorCode, I16, 8),
 ];
-static S_OFFSET_FETCH_RESP: Schema = schema(1, OFFSET_FETCH_RESP);
+static OFFSET_FETCH_RESP_GROUP_TOPIC: &[Field] = &[
+    fr(Topic, Str, 8, 9),
+    f(TopicId, Uuid, 10),
+    f(Partitions, Array(OFFSET_FETCH_RESP_GROUP_PART), 8),
+];
+static OFFSET_FETCH_RESP_GROUP: &[Field] = &[
+    f(Skip, Str, 8), // group_id (a response's group is not a group request)
+    f(Topics, Array(OFFSET_FETCH_RESP_GROUP_TOPIC), 8),
+    f(TopErrorCode, I16, 8),
+];
+/// The whole OffsetFetch response, every version, for a rewrite (apache/kafka
+/// `clients/src/main/resources/common/message/OffsetFetchResponse.json`).
+static OFFSET_FETCH_RESP_FULL: &[Field] = &[
+    f(Skip, I32, 3),
+    fr(Topics, Array(OFFSET_FETCH_RESP_TOPIC), 0, 7),
+    fr(TopErrorCode, I16, 2, 7),
+    f(Skip, Array(OFFSET_FETCH_RESP_GROUP), 8),
+];
+pub static S_OFFSET_FETCH_RESP_FULL: Schema = schema(1, OFFSET_FETCH_RESP_FULL);
+
+/// Whether an OffsetFetch v1-7 response body of `body_len` bytes (after the response header)
+/// is tansu's form without the `topics` array ([`OFFSET_FETCH_RESP_BARE`]): Kafka's shortest
+/// body has an empty array (4 bytes, 1 when flexible) where tansu's has none.
+pub fn offset_fetch_bare(version: i16, body_len: usize) -> bool {
+    let bare = match version {
+        1 => 0,
+        2 => 2,
+        3..=5 => 6,
+        6 | 7 => 7,
+        _ => return false,
+    };
+    body_len == bare
+}
+
+/// The response schema for (api, version) given the body's length: tansu's bare OffsetFetch
+/// answers get theirs ([`offset_fetch_bare`]).
+pub fn response_schema_sized(
+    api_key: i16,
+    version: i16,
+    body_len: usize,
+) -> Option<&'static Schema> {
+    if api_key == 9 && offset_fetch_bare(version, body_len) {
+        return usable(&S_OFFSET_FETCH_RESP_BARE, api_key, version);
+    }
+    response_schema(api_key, version)
+}
 /// SaslAuthenticate: the error code comes first (the policy learns a PLAIN username on 0).
 static SASL_AUTH_RESP: &[Field] = &[f(TopErrorCode, I16, 0), f(Skip, Stop, 0)];
 static S_SASL_AUTH_RESP: Schema = schema(0, SASL_AUTH_RESP);
@@ -787,6 +1090,7 @@ impl Walker {
                     }
                     Bytes | Ty::Records => varint_or(4),
                     I32Array | I64Array | Array(_) | Plain(_) => varint_or(4),
+                    Nullable(_) => 1,
                     Stop => 0,
                 }
             }
@@ -981,9 +1285,13 @@ impl Walker {
                 let size: u64 = if matches!(field.ty, I32Array) { 4 } else { 8 };
                 Step::Skip(u64::from(n).saturating_mul(size))
             }
-            Array(sub) | Plain(sub) => {
-                let n = count(r, flexible, name)?;
-                let tags = flexible && matches!(field.ty, Array(_));
+            Array(sub) | Plain(sub) | Nullable(sub) => {
+                let n = match field.ty {
+                    // The marker: -1 null, else one struct follows.
+                    Nullable(_) => u32::from(r.i8(name)? >= 0),
+                    _ => count(r, flexible, name)?,
+                };
+                let tags = flexible && matches!(field.ty, Array(_) | Nullable(_));
                 lvl.idx += 1;
                 if n > 0 {
                     let slot = self.stack.get_mut(depth).ok_or(DecodeError::Invalid {

@@ -423,6 +423,34 @@ impl Policy {
         Decision { allow, rule: None }
     }
 
+    /// An API whose resources the filter does not check (see the README's per-API table):
+    /// allowed only *explicitly*. The first rule whose who matches and that either names the
+    /// API in `apiKeys` or is about who only (which the model defines as everything) decides.
+    /// When no rule does, the API is refused if anything at all could be denied to this
+    /// identity (the default is deny, or a deny rule about topics, groups or transactional
+    /// ids matches it): the filter cannot tell whether the request touches what is denied,
+    /// so unknown means refused (fail closed). Only a policy that denies this identity
+    /// nothing but API keys lets such an API through without naming it.
+    pub fn decide_unchecked_api(&self, id: &Identity, key: i16) -> Decision {
+        for (i, r) in self.rules.iter().enumerate() {
+            if r.who(id) && (r.api_keys.contains(&key) || !r.has_what()) {
+                return Decision {
+                    allow: r.action == Action::Allow,
+                    rule: Some(i),
+                };
+            }
+        }
+        let could_deny = self.default_action == Action::Deny
+            || self
+                .rules
+                .iter()
+                .any(|r| r.who(id) && r.action == Action::Deny && r.api_keys.is_empty());
+        Decision {
+            allow: !could_deny,
+            rule: None,
+        }
+    }
+
     /// Whether some rule or the default could deny `op` on some topic for this identity:
     /// when not, topic-level inspection (and holding frames) can be skipped.
     pub fn may_deny_topics(&self, id: &Identity, op: Operation) -> bool {

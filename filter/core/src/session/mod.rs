@@ -1201,10 +1201,12 @@ impl Session {
                 api_denied || policy.may_deny_topics(&id, Operation::Create),
                 2,
             ),
-            21 | 33 | 37 | 44 => (
+            21 | 37 => (
                 api_denied || policy.may_deny_topics(&id, Operation::Alter),
                 0,
             ),
+            // (Incremental)AlterConfigs also name groups and cluster resources: always checked.
+            33 | 44 => (true, 0),
             22 => (
                 api_denied || policy.rules.iter().any(|r| r.has_transactional_ids()),
                 0,
@@ -1213,7 +1215,41 @@ impl Session {
             8 => (true, 2),
             9 => (true, 1),
             11..=14 => (true, 0),
-            _ => (api_denied, 0),
+            // Groups, transactions and the KIP-848 consumer protocol (issue 11): always
+            // checked. AddPartitionsToTxn v4+ (for brokers) is refused unless allowed.
+            15 | 16 | 25 | 26 | 28 | 42 | 47 | 68 | 69 => (true, 0),
+            // Topic-naming admin and consumer APIs (issue 11, point 4), from the versions
+            // kafka-protocol reads. DescribeConfigs also names groups and cluster resources:
+            // always checked.
+            23 => (
+                api_denied || policy.may_deny_topics(&id, Operation::Describe),
+                2,
+            ),
+            32 => (true, 1),
+            61 => (
+                api_denied || policy.may_deny_topics(&id, Operation::Consume),
+                0,
+            ),
+            75 => (
+                api_denied || policy.may_deny_topics(&id, Operation::Describe),
+                0,
+            ),
+            // Share groups (KIP-932): the group always, from v1 (what kafka-protocol reads).
+            76..=79 => (true, 1),
+            90..=92 => (true, 0),
+            24 => (
+                hdr.api_version > 3
+                    || api_denied
+                    || policy.may_deny_topics(&id, Operation::Produce)
+                    || policy.rules.iter().any(|r| r.has_transactional_ids()),
+                0,
+            ),
+            k => match enforce::class(k) {
+                enforce::Class::NoResource | enforce::Class::Checked => (api_denied, 0),
+                // Fail closed: an API whose resources the filter does not check goes on only
+                // when a rule allows it explicitly; otherwise it is held and refused.
+                enforce::Class::Unchecked => (!policy.decide_unchecked_api(&id, k).allow, 0),
+            },
         };
         if !need {
             return None;
@@ -1292,6 +1328,18 @@ impl Session {
                 match front.splice.as_deref() {
                     Some(Splice::Replace { .. }) => {
                         return Plan::Hold(HoldAction::ReplaceResponse);
+                    }
+                    Some(Splice::Rewrite(_)) => {
+                        if total <= self.cfg.max_buffered_frame_bytes as usize {
+                            return Plan::Hold(HoldAction::ReplaceResponse);
+                        }
+                        // Relaying it unchanged would show what the policy withheld.
+                        return Plan::Malformed(Malformed::PolicyClose {
+                            reason: format!(
+                                "{} response of {total} bytes exceeds maxBufferedFrameBytes: the policy cannot rewrite it",
+                                api::api_name(front.api_key)
+                            ),
+                        });
                     }
                     Some(Splice::Metadata {
                         all_topics, denied, ..
@@ -1408,7 +1456,14 @@ impl Session {
             || req.restore.is_some()
             || req.splice.is_some()
         {
-            walk::response_schema(req.api_key, req.api_version)
+            // The body's length after the response header (whose tagged fields are one empty
+            // byte from the brokers that write the short forms it tells apart).
+            let header = RESPONSE_HEAD
+                + usize::from(
+                    api::api_info(req.api_key)
+                        .is_some_and(|a| a.response_header_version(req.api_version) >= 1),
+                );
+            walk::response_schema_sized(req.api_key, req.api_version, total.saturating_sub(header))
         } else {
             None
         };
@@ -1915,6 +1970,41 @@ impl Session {
                 }
                 body
             }
+            Splice::Rewrite(rw) => {
+                let cfg = self.cfg.clone();
+                let Some(policy) = cfg.compiled_policy.as_ref() else {
+                    return Ok(None);
+                };
+                let (api_key, version) = (front.api_key, front.api_version);
+                let id = Identity {
+                    client_id: rw.client_id.clone(),
+                    ..self.identity.clone()
+                };
+                let err = |error| Malformed::Decode {
+                    api_key: Some(api_key),
+                    error,
+                };
+                let mut r = Reader::new(frame.get(8..).unwrap_or(&[]));
+                if header_v1 {
+                    r.skip_tagged_fields("response_header.tagged_fields")
+                        .map_err(err)?;
+                }
+                let mut notes = Vec::new();
+                let body = enforce::rewrite_response(
+                    policy,
+                    &id,
+                    api_key,
+                    version,
+                    r.rest(),
+                    &rw.edit,
+                    &mut notes,
+                )
+                .map_err(err)?;
+                for n in &notes {
+                    obs.policy_note(n);
+                }
+                body
+            }
             Splice::Prepend { .. } => return Ok(None),
         };
         let mut f = vec![0, 0, 0, 0];
@@ -2026,6 +2116,12 @@ fn prepend_head(
         // The topics array follows the variable-length brokers array and cluster id.
         return prepend_head_at(api_key, version, head, count, entries, &mut |r| {
             enforce::skip_to_metadata_topics(r, version)
+        });
+    }
+    if enforce::prepends_after_error_message(api_key) {
+        // The array follows a variable-length error message.
+        return prepend_head_at(api_key, version, head, count, entries, &mut |r| {
+            enforce::skip_to_share_group_offsets_responses(r)
         });
     }
     let Some(prefix) = enforce::prepend_prefix_len(api_key, version) else {

@@ -2,6 +2,7 @@
 //! real kafka-protocol encodings as the oracle.
 mod fuzz;
 mod policy;
+mod policy_apis;
 mod rewrite;
 mod session;
 mod walk;

@@ -735,7 +735,7 @@ fn under_a_policy_apiversions_caps_the_versions_the_policy_cannot_rewrite() {
         .iter()
         .map(|k| (k.api_key, k.max_version))
         .collect();
-    assert_eq!(maxes, vec![(9, 7), (8, 9)]);
+    assert_eq!(maxes, vec![(9, 9), (8, 9)]);
 }
 
 #[test]
@@ -934,12 +934,42 @@ fn create_and_alter_are_checked_per_topic() {
                 })
                 .collect(),
         );
+        // A broker resource is the cluster's: refused unless an apiKeys rule allows it.
         let mut w = want.clone();
-        w.insert(0, ("1".to_string(), 0)); // a broker resource: API rules only
+        w.insert(0, ("1".to_string(), 31));
         assert_eq!(
             admin_errors(&c, 33, v, &encode_request(&hdr(33, v, 1, "a"), &req, v)),
             w,
             "alter v{v}"
+        );
+        let ops = cfg(r#"{"policy": {"defaultAction": "deny", "rules": [
+            {"name": "team-create", "action": "allow", "operations": ["create", "alter"], "topics": ["team.*"]},
+            {"name": "ops", "action": "allow", "clientIds": ["a"], "apiKeys": ["AlterConfigs"]}
+        ]}}"#);
+        let got = admin_errors(&ops, 33, v, &encode_request(&hdr(33, v, 1, "a"), &req, v));
+        assert!(
+            got.contains(&("1".to_string(), 0)),
+            "alter v{v} allowed: {got:?}"
+        );
+    }
+    // Group resources (KIP-848 group configs, type 32) are checked as the group; broker and
+    // client-metrics resources as the cluster's.
+    for v in 0..=1 {
+        let req = IncrementalAlterConfigsRequest::default().with_resources(
+            [res("grp", 32), res("1", 4), res("m", 16)]
+                .into_iter()
+                .map(|(n, t)| {
+                    incremental_alter_configs_request::AlterConfigsResource::default()
+                        .with_resource_name(n)
+                        .with_resource_type(t)
+                })
+                .collect(),
+        );
+        let got = admin_errors(&c, 44, v, &encode_request(&hdr(44, v, 1, "a"), &req, v));
+        assert_eq!(
+            got,
+            vec![("1".into(), 31), ("grp".into(), 30), ("m".into(), 31)],
+            "incremental v{v}"
         );
     }
     for v in 0..=1 {
