@@ -19,6 +19,28 @@ use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 
+/// A config from its JSON (a test's `pluginConfig`), which must be valid.
+pub fn config_json(json: &str) -> std::rc::Rc<crate::config::Config> {
+    match crate::config::Config::from_json(json.as_bytes()) {
+        Ok(c) => std::rc::Rc::new(c),
+        Err(e) => panic!("test config: {e}"),
+    }
+}
+
+/// A request header with a client id.
+pub fn client_header(key: i16, v: i16, corr: i32, client: &'static str) -> RequestHeader {
+    RequestHeader::default()
+        .with_request_api_key(key)
+        .with_request_api_version(v)
+        .with_correlation_id(corr)
+        .with_client_id(Some(StrBytes::from_static_str(client)))
+}
+
+/// A topic name.
+pub fn topic_name(s: &str) -> TopicName {
+    TopicName(StrBytes::from_string(s.to_string()))
+}
+
 /// A framed request (size prefix included), header version chosen by kafka-protocol.
 pub fn encode_request<B: Encodable + HeaderVersion>(
     h: &RequestHeader,

@@ -24,6 +24,7 @@ use crate::policy::enforce::Note;
 use crate::policy::Identity;
 use crate::session::*;
 use crate::testkit::*;
+use crate::testkit::{client_header as hdr, config_json as cfg, topic_name as name};
 
 #[derive(Default)]
 struct Obs {
@@ -44,24 +45,8 @@ impl Observer for Obs {
     }
 }
 
-fn cfg(json: &str) -> Rc<Config> {
-    Rc::new(Config::from_json(json.as_bytes()).unwrap())
-}
-
-fn hdr(key: i16, v: i16, corr: i32, client: &'static str) -> RequestHeader {
-    RequestHeader::default()
-        .with_request_api_key(key)
-        .with_request_api_version(v)
-        .with_correlation_id(corr)
-        .with_client_id(Some(StrBytes::from_static_str(client)))
-}
-
 fn uuid(n: u8) -> uuid::Uuid {
     uuid::Uuid::from_bytes([n; 16])
-}
-
-fn name(s: &'static str) -> TopicName {
-    TopicName(StrBytes::from_static_str(s))
 }
 
 /// Client stream in (under `chunks`), broker in the middle, client responses out.

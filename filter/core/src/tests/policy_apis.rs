@@ -22,6 +22,7 @@ use crate::policy::enforce::Note;
 use crate::policy::Identity;
 use crate::session::*;
 use crate::testkit::*;
+use crate::testkit::{client_header as hdr, config_json as cfg, topic_name as name};
 
 #[derive(Default)]
 struct Obs {
@@ -41,22 +42,6 @@ impl Observer for Obs {
     fn topic_name(&mut self, id: &[u8; 16]) -> Option<String> {
         self.ids.get(id).cloned()
     }
-}
-
-fn cfg(json: &str) -> Rc<Config> {
-    Rc::new(Config::from_json(json.as_bytes()).unwrap())
-}
-
-fn hdr(key: i16, v: i16, corr: i32, client: &'static str) -> RequestHeader {
-    RequestHeader::default()
-        .with_request_api_key(key)
-        .with_request_api_version(v)
-        .with_correlation_id(corr)
-        .with_client_id(Some(StrBytes::from_static_str(client)))
-}
-
-fn name(s: &str) -> TopicName {
-    TopicName(StrBytes::from_string(s.to_string()))
 }
 
 fn gid(s: &str) -> GroupId {

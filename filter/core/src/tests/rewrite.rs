@@ -19,6 +19,7 @@ use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 use crate::config::Config;
 use crate::rewrite::{RewriteSpec, Rewriter};
 use crate::session::*;
+use crate::testkit::config_json as cfg;
 use crate::testkit::*;
 
 #[derive(Default)]
@@ -28,10 +29,6 @@ impl Observer for Seen {
     fn malformed(&mut self, _d: Direction, m: &Malformed, _a: crate::config::MalformedAction) {
         self.0.push(m.to_string());
     }
-}
-
-fn cfg(json: &str) -> Rc<Config> {
-    Rc::new(Config::from_json(json.as_bytes()).unwrap())
 }
 
 const TEMPLATE: &str =
