@@ -128,6 +128,15 @@ pub fn istio_stats_tags(extra_stat_tags: &[String]) -> anyhow::Result<Vec<TagSpe
     Ok(out)
 }
 
+/// The tag names of the `stats_tags` we ship: the `extraStatTags` of
+/// `wasm-plugin-manifests/istio/proxy-config-patch.yaml` (tests/manifests checks they agree).
+pub fn our_tag_names() -> anyhow::Result<Vec<String>> {
+    Ok(parse_stats_config(OUR_STATS_CONFIG)?
+        .into_iter()
+        .map(|t| t.name)
+        .collect())
+}
+
 /// Istio's default stats inclusion (`stats_matcher.inclusion_list`): the required prefixes,
 /// suffixes and regexes every sidecar gets, whatever `proxyStatsMatcher` adds
 /// (istio/istio `pkg/bootstrap/config.go`, `requiredEnvoyStatsMatcherInclusionPrefixes`).
@@ -230,6 +239,14 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// Extract and include as an Istio sidecar whose proxy config has our `extraStatTags`:
+    /// Istio's whole bootstrap `stats_tags` around them, and its stats inclusion.
+    pub fn as_istio_sidecar(&mut self) -> anyhow::Result<()> {
+        self.tag_specs = istio_stats_tags(&our_tag_names()?)?;
+        self.inclusion = Some(Inclusion::istio_default()?);
+        Ok(())
+    }
+
     pub fn define(&mut self, kind: Kind, name: &str) {
         match kind {
             Kind::Counter => {

@@ -124,23 +124,13 @@ fn concurrent_vms_never_exceed_the_process_wide_label_bound() {
 /// `wasm`) must already keep every series: no `proxyStatsMatcher` is needed.
 #[test]
 fn istio_tag_extractors_and_inclusion_keep_our_labels() {
-    use kafka_mesh_testhost::stats::{
-        istio_stats_tags, parse_stats_config, Inclusion, OUR_STATS_CONFIG,
-    };
+    use kafka_mesh_testhost::stats::our_tag_names;
     use kafka_protocol::messages::{HeartbeatRequest, RequestHeader};
     use kafka_protocol::protocol::StrBytes;
 
     let process = Process::new();
-    let ours: Vec<String> = parse_stats_config(OUR_STATS_CONFIG)
-        .unwrap()
-        .into_iter()
-        .map(|t| t.name)
-        .collect();
-    {
-        let mut st = process.stats.lock().unwrap();
-        st.tag_specs = istio_stats_tags(&ours).unwrap();
-        st.inclusion = Some(Inclusion::istio_default().unwrap());
-    }
+    let ours = our_tag_names().unwrap();
+    process.stats.lock().unwrap().as_istio_sidecar().unwrap();
     let mut vm = vm_with("{}", &process);
     let id = vm.new_connection(HashMap::new()).unwrap();
     let header = |key: i16, v: i16, corr: i32, client: &'static str| {

@@ -163,23 +163,13 @@ fn real_main() -> Result<()> {
     }
     let process = Process::new();
     if let Some(sc) = stats_config {
-        use kafka_mesh_testhost::stats::{
-            istio_stats_tags, parse_stats_config, Inclusion, OUR_STATS_CONFIG,
-        };
-        let (specs, inclusion) = if sc == ISTIO {
-            // An Istio sidecar whose proxy config has our extraStatTags (the tag names of the
-            // shipped stats_config, the same list as istio/proxy-config-patch.yaml).
-            let extra: Vec<String> = parse_stats_config(OUR_STATS_CONFIG)?
-                .into_iter()
-                .map(|t| t.name)
-                .collect();
-            (istio_stats_tags(&extra)?, Some(Inclusion::istio_default()?))
-        } else {
-            (parse_stats_config(&sc).context("--stats-config")?, None)
-        };
         if let Ok(mut st) = process.stats.lock() {
-            st.tag_specs = specs;
-            st.inclusion = inclusion;
+            if sc == ISTIO {
+                st.as_istio_sidecar()?;
+            } else {
+                st.tag_specs = kafka_mesh_testhost::stats::parse_stats_config(&sc)
+                    .context("--stats-config")?;
+            }
         }
     }
     let level = component_level.unwrap_or(log_level);

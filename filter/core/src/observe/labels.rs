@@ -51,40 +51,29 @@ pub trait SharedStore {
 /// `tools/packaging/common/envoy_bootstrap.json`: `(cache\.(.+?)\.)`, `(component\.(.+?)\.)`,
 /// `(tag\.(.+?);\.)`, `(wasm_filter\.(.+?)\.)`, `rbac(\.(allowed|denied))`,
 /// `(\.istio_dry_run_(allow|deny)_)`, `(\.shadow_(allowed|denied))`; Envoy searches each in
-/// the original name, `source/common/stats/tag_producer_impl.cc`). The second field is the
-/// offset of the dot that the regex needs; it becomes `_` (`orders.cache.v1` is labelled
+/// the original name, `source/common/stats/tag_producer_impl.cc`). Each is replaced by the
+/// same word with the dot the regex needs made `_` (`orders.cache.v1` is labelled
 /// `orders.cache_v1`), so the value can never trigger them. Every other value is unchanged.
-const ISTIO_TRIGGERS: &[(&str, usize)] = &[
-    ("cache.", 5),
-    ("component.", 9),
-    ("tag.", 3),
-    ("wasm_filter.", 11),
-    ("rbac.allowed", 4),
-    ("rbac.denied", 4),
-    (".istio_dry_run_allow_", 0),
-    (".istio_dry_run_deny_", 0),
-    (".shadow_allowed", 0),
-    (".shadow_denied", 0),
+const ISTIO_TRIGGERS: &[(&str, &str)] = &[
+    ("cache.", "cache_"),
+    ("component.", "component_"),
+    ("tag.", "tag_"),
+    ("wasm_filter.", "wasm_filter_"),
+    ("rbac.allowed", "rbac_allowed"),
+    ("rbac.denied", "rbac_denied"),
+    (".istio_dry_run_allow_", "_istio_dry_run_allow_"),
+    (".istio_dry_run_deny_", "_istio_dry_run_deny_"),
+    (".shadow_allowed", "_shadow_allowed"),
+    (".shadow_denied", "_shadow_denied"),
 ];
 
-/// Break every [`ISTIO_TRIGGERS`] occurrence in an already cleaned (ASCII) value.
+/// Break every [`ISTIO_TRIGGERS`] occurrence in an already cleaned (ASCII) value. One pass
+/// is enough: a replacement only turns a dot into `_`, and no trigger can be completed by an
+/// `_` standing where such a dot was.
 fn defuse(mut s: String) -> String {
-    // Each pass only turns dots into `_`, so it ends; a pass cannot create a trigger (none
-    // starts or ends where an `_` made from a dot could complete it), two are a safety net.
-    for _ in 0..2 {
-        let mut changed = false;
-        for (word, dot) in ISTIO_TRIGGERS {
-            while let Some(at) = s.find(word) {
-                let i = at + dot;
-                if s.get(i..=i) != Some(".") {
-                    break;
-                }
-                s.replace_range(i..=i, "_");
-                changed = true;
-            }
-        }
-        if !changed {
-            break;
+    for (word, safe) in ISTIO_TRIGGERS {
+        if s.contains(word) {
+            s = s.replace(word, safe);
         }
     }
     s
