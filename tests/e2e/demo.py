@@ -1,7 +1,9 @@
 """`make demo`: tansu + the filter in wasm-sidecar, real traffic through it, and what the
 filter saw: per-topic produce/fetch totals, consumer lag, errors, latency; then the
 produce/consume policy at work; then broker address rewriting."""
+import gc
 import json
+import os
 import socket
 import sys
 import tempfile
@@ -15,7 +17,32 @@ from test_e2e import consume_confluent, create_topics, expected_records, produce
 
 def main():
     tmp = Path(tempfile.mkdtemp(prefix="kmf-demo-"))
-    st = Stack(tmp, chunk=0, workers=2, config=json.dumps({"accessLog": {"enabled": True, "sampleRate": 0.1}}),
+    # librdkafka logs to stderr (fd 2) from its own threads: connection retries, the
+    # rewrite demo's unreachable address. Those lines would be mixed into what the demo
+    # shows, so they go to a file; if the demo fails, its tail is shown with the error.
+    client_log = tmp / "clients.log"
+    saved = os.dup(2)
+    with open(client_log, "wb") as f:
+        os.dup2(f.fileno(), 2)
+    try:
+        run(tmp)
+    except BaseException:
+        os.dup2(saved, 2)
+        tail = client_log.read_text(errors="replace").splitlines()[-20:]
+        print("\nclient log (last lines):\n  " + "\n  ".join(tail), file=sys.stderr)
+        raise
+    os.dup2(saved, 2)
+    print(f"\nclient logs (librdkafka): {client_log}")
+
+
+def drop_clients():
+    """librdkafka clients keep reconnecting to a sidecar that has stopped until their handle
+    is destroyed; destroy them (the last reference) before stopping the stack."""
+    gc.collect()
+
+
+def run(tmp):
+    st = Stack(tmp, chunk=0, workers=2, config=json.dumps({"accessLog": {"enabled": True, "sampleRate": 1.0}}),
                log_level="info")
     try:
         print(f"tansu on 127.0.0.1:{st.broker_port}, filter (wasm-sidecar, 2 worker VMs) on {st.bootstrap}")
@@ -77,10 +104,15 @@ def main():
               f"malformed frames {m('kafka_mesh_malformed_total'):.0f}, "
               f"acks=0 produces {m('kafka_mesh_produce_acks0_total'):.0f}")
         logs = [line for line in st.sidecar.read_log().splitlines() if "kafka-mesh-filter access " in line]
-        if logs:
-            print("\nan access-log line (accessLog.sampleRate 0.1):")
-            print("  " + logs[0].split("kafka-mesh-filter access ", 1)[1])
+        shown = [next((line for line in logs if f'"api":"{api}"' in line and '"topics":[]' not in line), None)
+                 for api in ("produce", "fetch")]
+        print(f"\n{len(logs)} access-log lines (accessLog.sampleRate 1.0), a Produce and a Fetch "
+              "(Fetch v13+ names topics by id; the log shows the name learned from Metadata):")
+        for line in filter(None, shown):
+            print("  " + line.split("kafka-mesh-filter access ", 1)[1])
+        del producers, missing
     finally:
+        drop_clients()
         st.stop()
     policy_demo(tmp)
     rewrite_demo(tmp)
@@ -116,8 +148,9 @@ def policy_demo(tmp):
         lines = [line for line in st.sidecar.read_log().splitlines() if "kafka-mesh-filter policy" in line]
         if lines:
             print("a policy log line:\n  " + lines[0].split("] ", 1)[-1][:200])
-        del p
+        del p, admin
     finally:
+        drop_clients()
         st.stop()
 
 
@@ -140,6 +173,7 @@ def rewrite_demo(tmp):
         ok, why = roundtrip_confluent(bare.bootstrap, "rewritten", n=2, timeout=5)
         print(f"the same without the rewrite: {'ok' if ok else 'fails'} ({why})")
     finally:
+        drop_clients()
         st.stop()
         bare.stop()
 

@@ -576,7 +576,10 @@ impl Observer for GlueObserver<'_> {
         }
         log(
             LogLevel::Info,
-            &format!("kafka-mesh-filter access {}", entry.to_json()),
+            &format!(
+                "kafka-mesh-filter access {}",
+                entry.to_json(&mut |id| self.topic_name(id))
+            ),
         );
     }
 }

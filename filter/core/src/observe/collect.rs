@@ -77,7 +77,9 @@ impl FetchOffsets {
 /// Access-log material gathered while a request and its response are walked.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct AccessTopics {
-    pub topics: Vec<String>,
+    /// As the wire named them; ids are resolved to names when the line is written, the way
+    /// metric labels are (the glue's shared topic-id map), so the log and the metrics agree.
+    pub topics: Vec<TopicRef>,
     /// Topics past [`ACCESS_TOPICS_MAX`], counted only.
     pub more: u32,
 }
@@ -157,7 +159,7 @@ impl Collector {
                 let name = String::from_utf8_lossy(name).into_owned();
                 if let Some(a) = self.access.as_mut() {
                     if a.topics.len() < ACCESS_TOPICS_MAX {
-                        a.topics.push(name.clone());
+                        a.topics.push(TopicRef::Name(name.clone()));
                     } else {
                         a.more = a.more.saturating_add(1);
                     }
@@ -168,7 +170,7 @@ impl Collector {
                 if let Some(a) = self.access.as_mut() {
                     if self.topic_name.is_none() {
                         if a.topics.len() < ACCESS_TOPICS_MAX {
-                            a.topics.push(hex(&id));
+                            a.topics.push(TopicRef::Id(id));
                         } else {
                             a.more = a.more.saturating_add(1);
                         }

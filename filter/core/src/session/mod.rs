@@ -37,7 +37,7 @@ use crate::codec::header::{self, RequestHeader};
 use crate::codec::reader::{DecodeError, Reader};
 use crate::codec::walk::{self, Event, Schema, Step, Walker, F};
 use crate::config::{Config, Family, MalformedAction};
-use crate::observe::collect::{AccessTopics, Collector, FactSink, FetchOffsets};
+use crate::observe::collect::{AccessTopics, Collector, FactSink, FetchOffsets, TopicRef};
 use crate::policy::enforce::{self, Enforced, Note, Splice, TopicNames};
 use crate::policy::guard::{
     MarkOp, MetadataGuard, ProduceGuard, Restore, RestoreGuard, Seen, Target,
@@ -185,12 +185,18 @@ pub struct AccessLog {
 const ACCESS_CLIENT_ID_MAX: usize = 256;
 
 impl AccessLog {
-    pub fn to_json(&self) -> String {
+    /// The line as JSON. `names` resolves topic ids (Fetch v13+, Produce v13+) to the names
+    /// learned from Metadata, as the metric labels do; an id it does not know is shown as
+    /// 32 hex digits, again as in the labels.
+    pub fn to_json(&self, names: &mut dyn FnMut(&[u8; 16]) -> Option<String>) -> String {
         let mut topics: Vec<serde_json::Value> = self
             .topics
             .topics
             .iter()
-            .map(|t| serde_json::Value::from(t.as_str()))
+            .map(|t| match t {
+                TopicRef::Name(n) => serde_json::Value::from(n.as_str()),
+                TopicRef::Id(id) => serde_json::Value::from(names(id).unwrap_or_else(|| t.label())),
+            })
             .collect();
         if self.topics.more > 0 {
             topics.push(serde_json::Value::from(format!(
