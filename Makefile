@@ -7,7 +7,7 @@ SIDECAR := target/sidecar/wasm-sidecar
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: all setup build wasm sidecar noop-wasm test unit integration e2e manifests lint fmt demo bench clean
+.PHONY: all setup build wasm sidecar noop-wasm oci test unit integration e2e manifests lint fmt demo bench clean
 
 all: build
 
@@ -29,6 +29,13 @@ wasm:
 
 sidecar:
 	cargo build --profile sidecar -p kafka-mesh-testhost --bin wasm-sidecar
+
+## oci: the filter as an OCI image layout in target/oci, no docker needed (README "Ship it as an
+## OCI image"); prints the manifest digest and the module's sha256. OCI_TAG=... sets the tag
+## (default: the crate version).
+OCI_TAG ?=
+oci: wasm
+	python3 wasm-plugin-manifests/oci/build_layout.py --wasm $(WASM) --out target/oci $(if $(OCI_TAG),--tag $(OCI_TAG))
 
 lint:
 	cargo fmt --all -- --check
