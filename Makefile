@@ -16,7 +16,7 @@ setup:
 	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
 	@command -v tansu >/dev/null || { echo "installing tansu (about 15 minutes)"; cargo install tansu --locked --features dynostore; }
 	@test -x $(PY) || python3 -m venv $(VENV)
-	@$(PY) -c "import confluent_kafka, kafka, pytest, jsonschema, yaml" 2>/dev/null || $(PY) -m pip install -q -r tests/e2e/requirements.txt
+	@$(PY) -c "import confluent_kafka, kafka, pytest, jsonschema, yaml, promql_parser" 2>/dev/null || $(PY) -m pip install -q -r tests/e2e/requirements.txt
 
 ## build: the filter (.wasm, size-tuned release) and the wasm-sidecar test host
 build: wasm sidecar
