@@ -171,8 +171,8 @@ impl Config {
         if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
             return Err(err(".", "pluginConfig must be a JSON object"));
         }
-        let de = &mut serde_json::Deserializer::from_slice(bytes);
-        let cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let cfg: Config = serde_path_to_error::deserialize(&mut de).map_err(|e| {
             let path = e.path().to_string();
             let path = if path == "." || path.is_empty() {
                 ".".to_string()
@@ -181,6 +181,11 @@ impl Config {
             };
             err(&path, e.into_inner().to_string())
         })?;
+        // Deserializing reads one value and stops: without end() a stray `}` or `, "key": ...`
+        // after it would be ignored and the rest of a mistyped pluginConfig silently dropped
+        // (found by fuzz/, the config target).
+        de.end()
+            .map_err(|e| err(".", format!("after the JSON object: {e}")))?;
         let mut cfg = cfg;
         cfg.validate()?;
         if let Some(spec) = &cfg.policy {

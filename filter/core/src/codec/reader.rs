@@ -254,7 +254,14 @@ impl<'a> Reader<'a> {
     pub fn skip_tagged_fields(&mut self, field: &'static str) -> DecodeResult<()> {
         let count = self.uvarint(field)?;
         for _ in 0..count {
-            let _tag = self.uvarint(field)?;
+            let tag = self.uvarint(field)?;
+            if tag > i32::MAX as u32 {
+                // as in the walk (codec::walk::check_tag): kafka-protocol keeps tags as i32
+                return Err(DecodeError::Invalid {
+                    field,
+                    reason: "tag above 2^31-1",
+                });
+            }
             let size = self.uvarint(field)?;
             self.skip(size as usize, field)?;
         }

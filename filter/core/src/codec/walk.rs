@@ -41,6 +41,9 @@ pub enum F {
     HighWatermark,
     FetchOffset,
     GroupId,
+    /// FindCoordinator v4+ `coordinators`: an element carries its own error code, reported
+    /// when the element ends (it is neither a topic nor a partition).
+    Coordinators,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -633,7 +636,7 @@ static FIND_COORDINATOR_RESP_FULL: &[Field] = &[
     fr(Skip, I32, 0, 3),         // node_id
     fr(Skip, Str, 0, 3),         // host
     fr(Skip, I32, 0, 3),         // port
-    f(Skip, Array(FIND_COORDINATOR_ITEM), 4),
+    f(Coordinators, Array(FIND_COORDINATOR_ITEM), 4),
 ];
 static DESCRIBE_CLUSTER_BROKER: &[Field] = &[
     f(Skip, I32, 0),
@@ -724,7 +727,7 @@ static FIND_COORDINATOR_RESP: &[Field] = &[
     f(Skip, I32, 1),
     fr(TopErrorCode, I16, 0, 3),
     fr(Skip, Stop, 0, 3),
-    f(Skip, Array(FIND_COORDINATOR_ITEM), 4),
+    f(Coordinators, Array(FIND_COORDINATOR_ITEM), 4),
 ];
 static INIT_PRODUCER_ID_RESP: &[Field] =
     &[f(Skip, I32, 0), f(TopErrorCode, I16, 0), f(Skip, Stop, 0)];
@@ -959,6 +962,169 @@ pub enum Step {
     Done,
 }
 
+/// Tags above `i32::MAX` are refused. Kafka reads a tag as an unsigned varint into an `int`,
+/// but kafka-protocol 0.18 keeps unknown tagged fields under an `i32` key and, re-encoding,
+/// writes the count of all of them but only the fields with keys in `0..`
+/// (`protocol/mod.rs`, `write_unknown_tagged_fields(buf, 0.., ..)`): a message the filter
+/// decodes and re-encodes (policy, rewrite) would come out one field short of its count, and
+/// the reader after it out of step (found by `fuzz/`, the rewrite and session targets).
+fn check_tag(tag: u32, field: &'static str) -> DecodeResult<()> {
+    if tag > i32::MAX as u32 {
+        return Err(DecodeError::Invalid {
+            field,
+            reason: "tag above 2^31-1",
+        });
+    }
+    Ok(())
+}
+
+/// The layout kafka-protocol 0.18 reads a known tagged field with.
+#[derive(Debug, Clone, Copy)]
+enum TagLayout {
+    Uuid,
+    I64,
+    CompactNullableString,
+    /// A struct of `n` bytes of fixed-size fields, then its own tagged-field section.
+    Fixed(usize),
+    /// KIP-951 `NodeEndpoints`: a compact array of {node_id int32, host compact string,
+    /// port int32, rack compact nullable string, tagged fields}.
+    NodeEndpoints,
+}
+
+impl TagLayout {
+    fn check(self, r: &mut Reader<'_>) -> DecodeResult<()> {
+        match self {
+            TagLayout::Uuid => r.skip(16, "tagged_field.uuid"),
+            TagLayout::I64 => r.skip(8, "tagged_field.int64"),
+            TagLayout::CompactNullableString => {
+                r.compact_nullable_string("tagged_field.string").map(|_| ())
+            }
+            TagLayout::Fixed(n) => {
+                r.skip(n, "tagged_field.struct")?;
+                tag_section(r)
+            }
+            TagLayout::NodeEndpoints => {
+                // Every element is read from the bytes present, one by one: a count far beyond
+                // them fails here instead of sizing kafka-protocol's `Vec::with_capacity`.
+                let n = r.uvarint("node_endpoints")?;
+                for _ in 1..n {
+                    r.skip(4, "node_endpoints.node_id")?;
+                    r.compact_string("node_endpoints.host")?;
+                    r.skip(4, "node_endpoints.port")?;
+                    r.compact_nullable_string("node_endpoints.rack")?;
+                    tag_section(r)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A tagged-field section inside a known tagged field (skipped by size, tags bounded).
+fn tag_section(r: &mut Reader<'_>) -> DecodeResult<()> {
+    let n = r.uvarint("tagged_fields")?;
+    for _ in 0..n {
+        let tag = r.uvarint("tagged_field.tag")?;
+        check_tag(tag, "tagged_field.tag")?;
+        let size = r.uvarint("tagged_field.size")?;
+        r.skip(
+            usize::try_from(size).unwrap_or(usize::MAX),
+            "tagged_field.size",
+        )?;
+    }
+    Ok(())
+}
+
+struct KnownTag {
+    /// The struct (a schema's fields, or an array element's) whose tagged fields these are.
+    fields: &'static [Field],
+    tag: u32,
+    /// From this version on kafka-protocol decodes the tag by its layout (below it, it refuses
+    /// the message, which allocates nothing).
+    min: i16,
+    layout: TagLayout,
+}
+
+/// Every tagged field kafka-protocol 0.18 decodes by its layout in a message the filter hands
+/// it ([`crate::codec::kp::decode_checked`]): its generated decoders read a known tag with
+/// `types::...decode(buf)` straight from the buffer and ignore the declared size (e.g.
+/// `messages/fetch_response.rs`, `PartitionData::decode`, `match tag { 0 => ... }`). The walk
+/// skips a tag by its size, so without this check a lying size, or a NodeEndpoints count far
+/// beyond the bytes present, puts kafka-protocol out of step with what the walk proved and
+/// lets it size `Vec::with_capacity` from an unchecked count: an allocation failure aborts
+/// the Wasm VM (found by `fuzz/`, rewrite and session targets). The other messages decoded
+/// with kafka-protocol have no known tagged fields in 0.18.
+static KP_KNOWN_TAGS: &[KnownTag] = &[
+    // FetchRequest: cluster_id (tag 0), replica_state {replica_id int32, replica_epoch int64}
+    // (tag 1, v15+); FetchPartition: replica_directory_id (tag 0, v17+), high_watermark
+    // (tag 1, v18+). messages/fetch_request.rs.
+    KnownTag {
+        fields: FETCH_REQ_FULL,
+        tag: 0,
+        min: 12,
+        layout: TagLayout::CompactNullableString,
+    },
+    KnownTag {
+        fields: FETCH_REQ_FULL,
+        tag: 1,
+        min: 15,
+        layout: TagLayout::Fixed(12),
+    },
+    KnownTag {
+        fields: FETCH_REQ_PART,
+        tag: 0,
+        min: 17,
+        layout: TagLayout::Uuid,
+    },
+    KnownTag {
+        fields: FETCH_REQ_PART,
+        tag: 1,
+        min: 18,
+        layout: TagLayout::I64,
+    },
+    // FetchResponse: node_endpoints (tag 0, v16+); PartitionData: diverging_epoch {epoch
+    // int32, end_offset int64}, current_leader {leader_id int32, leader_epoch int32},
+    // snapshot_id {end_offset int64, epoch int32} (tags 0-2). messages/fetch_response.rs.
+    KnownTag {
+        fields: FETCH_RESP,
+        tag: 0,
+        min: 16,
+        layout: TagLayout::NodeEndpoints,
+    },
+    KnownTag {
+        fields: FETCH_RESP_PART,
+        tag: 0,
+        min: 12,
+        layout: TagLayout::Fixed(12),
+    },
+    KnownTag {
+        fields: FETCH_RESP_PART,
+        tag: 1,
+        min: 12,
+        layout: TagLayout::Fixed(8),
+    },
+    KnownTag {
+        fields: FETCH_RESP_PART,
+        tag: 2,
+        min: 12,
+        layout: TagLayout::Fixed(12),
+    },
+    // ProduceResponse: node_endpoints (tag 0, v10+); PartitionProduceResponse: current_leader
+    // (tag 0, v10+). messages/produce_response.rs.
+    KnownTag {
+        fields: PRODUCE_RESP,
+        tag: 0,
+        min: 10,
+        layout: TagLayout::NodeEndpoints,
+    },
+    KnownTag {
+        fields: PRODUCE_RESP_PART,
+        tag: 0,
+        min: 10,
+        layout: TagLayout::Fixed(8),
+    },
+];
+
 const MAX_DEPTH: usize = 5;
 
 #[derive(Debug, Clone, Copy)]
@@ -1002,6 +1168,10 @@ enum Mode {
 pub struct Walker {
     version: i16,
     flexible: bool,
+    /// Check the layout of the tagged fields kafka-protocol decodes ([`KP_KNOWN_TAGS`]): set
+    /// by [`walk_all`], which runs before a message is handed to kafka-protocol and always has
+    /// the whole message.
+    strict_tags: bool,
     stack: [Level; MAX_DEPTH],
     depth: usize,
     mode: Mode,
@@ -1026,6 +1196,7 @@ impl Walker {
         Walker {
             version,
             flexible,
+            strict_tags: false,
             stack,
             depth: 1,
             mode: if header_tags {
@@ -1097,6 +1268,42 @@ impl Walker {
         }
     }
 
+    /// A tagged field kafka-protocol knows is decoded by its own layout, not skipped by its
+    /// declared size: its content must be exactly what that layout takes (see
+    /// [`KP_KNOWN_TAGS`]). `r` is just past the tag's size varint.
+    fn check_known_tag(&self, r: &Reader<'_>, tag: u32, size: u32, top: bool) -> DecodeResult<()> {
+        let fields = if top {
+            self.stack.first().map(|l| l.fields)
+        } else if self.depth > 1 {
+            self.stack.get(self.depth.wrapping_sub(1)).map(|l| l.fields)
+        } else {
+            None // the response header's tagged fields
+        };
+        let Some(fields) = fields else {
+            return Ok(());
+        };
+        let known = KP_KNOWN_TAGS
+            .iter()
+            .find(|k| k.tag == tag && self.version >= k.min && std::ptr::eq(k.fields, fields));
+        let Some(known) = known else {
+            return Ok(());
+        };
+        let size = usize::try_from(size).unwrap_or(usize::MAX);
+        let content = r.rest().get(..size).ok_or(DecodeError::Invalid {
+            field: "tagged_field.size",
+            reason: "tagged field runs past the message",
+        })?;
+        let mut c = Reader::new(content);
+        known.layout.check(&mut c)?;
+        if !c.is_empty() {
+            return Err(DecodeError::Invalid {
+                field: "tagged_field.size",
+                reason: "a known tagged field's size is not what its layout takes",
+            });
+        }
+        Ok(())
+    }
+
     /// One step over the bytes at the walk's position. On `Err` nothing changed.
     pub fn step<'a>(&mut self, r: &mut Reader<'a>, emit: Emit<'_, 'a>) -> DecodeResult<Step> {
         match self.mode {
@@ -1117,6 +1324,10 @@ impl Walker {
                 let at = r.position();
                 let tag = r.uvarint("tagged_field.tag")?;
                 let size = r.uvarint("tagged_field.size")?;
+                check_tag(tag, "tagged_field.tag")?;
+                if self.strict_tags {
+                    self.check_known_tag(r, tag, size, top)?;
+                }
                 if top {
                     let len = r.position().saturating_sub(at);
                     emit(Event::Tag { tag, size, len });
@@ -1368,6 +1579,7 @@ fn field_name(id: F) -> &'static str {
         F::HighWatermark => "high_watermark",
         F::FetchOffset => "fetch_offset",
         F::GroupId => "group_id",
+        F::Coordinators => "coordinators",
     }
 }
 
@@ -1429,6 +1641,7 @@ pub fn walk_all<'a>(
     emit: Emit<'_, 'a>,
 ) -> DecodeResult<()> {
     let mut w = Walker::new(schema, version, flexible, false);
+    w.strict_tags = true;
     let mut r = Reader::new(body);
     loop {
         match w.step(&mut r, emit)? {

@@ -227,6 +227,12 @@ impl Collector {
                     }
                 }
             }
+            // FindCoordinator v4+: each coordinator has its own error code
+            Event::End(F::Coordinators) if self.error != 0 => {
+                let code = self.error;
+                self.error = 0;
+                self.report_error(None, code, sink);
+            }
             Event::End(F::Topics) => {
                 let topic = self.topic();
                 if self.error != 0 {
