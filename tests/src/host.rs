@@ -1347,6 +1347,15 @@ impl Vm {
         k
     }
 
+    /// The module's linear memory now, in bytes. Wasm memory only grows (nothing gives pages
+    /// back), so this is the most the VM has needed since it started.
+    pub fn memory_bytes(&self) -> usize {
+        self.store
+            .data()
+            .memory
+            .map_or(0, |m| m.data_size(&self.store))
+    }
+
     /// Fault injection: the next callback into the module fails the way a trap does (an out of
     /// memory, a bug), without running it. The VM is then failed with
     /// `FailState::RuntimeError`, the one failure FAIL_RELOAD recovers from.

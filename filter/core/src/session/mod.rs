@@ -68,6 +68,15 @@ pub enum Direction {
 }
 
 impl Direction {
+    fn other(self) -> Direction {
+        match self {
+            Direction::Request => Direction::Response,
+            Direction::Response => Direction::Request,
+        }
+    }
+}
+
+impl Direction {
     pub fn as_str(self) -> &'static str {
         match self {
             Direction::Request => "request",
@@ -776,6 +785,28 @@ impl Session {
             if flush_edits(buf, &mut st.edits).is_err() {
                 self.closed = true;
                 return Verdict::Close;
+            }
+            // A held frame whose first bytes were moved into the VM (a frame over PAUSE_MAX
+            // arriving across callbacks) goes on as it came: in this direction its head goes
+            // back in front of the host's bytes now (they start at 0: `settle` moved all that
+            // preceded them); in the other direction, whose buffer is not ours to write in
+            // this callback, it goes back in front at its next callback, as a stash does.
+            if let Phase::Hold { taken, .. } = st.phase {
+                if taken > 0 {
+                    let back = st.held.get(..taken).unwrap_or(&[]).to_vec();
+                    if !buf.replace_front(0, &back) {
+                        self.closed = true;
+                        return Verdict::Close;
+                    }
+                }
+            }
+            let other = self.dir_mut(dir.other());
+            if let Phase::Hold { taken, .. } = other.phase {
+                if taken > 0 {
+                    let mut back = other.held.get(..taken).unwrap_or(&[]).to_vec();
+                    back.extend_from_slice(&other.stash);
+                    other.stash = back;
+                }
             }
         }
         self.req.edits.clear();
@@ -1714,16 +1745,28 @@ impl Session {
     ) -> Result<(usize, bool), Malformed> {
         let st = self.dir_mut(dir);
         let have = st.held.len().min(total).max(taken);
-        let mut frame = std::mem::take(&mut st.held);
-        frame.truncate(have);
         let rest = read_exact(buf, start + (have - taken), total - have)?;
+        let mut frame = std::mem::take(&mut self.dir_mut(dir).held);
+        frame.truncate(have);
         frame.extend_from_slice(&rest);
         let span = total - taken;
-        let (new, again) = match action {
-            HoldAction::ClampApiVersions { version } => (self.clamp(&frame, version, obs)?, false),
-            HoldAction::Enforce => (self.enforce(&frame, obs)?, true),
-            HoldAction::ReplaceResponse => (self.replace_response(&frame, obs)?, true),
-            HoldAction::RewriteAddresses => (self.rewrite_addresses(&frame)?, true),
+        let done = match action {
+            HoldAction::ClampApiVersions { version } => {
+                self.clamp(&frame, version, obs).map(|n| (n, false))
+            }
+            HoldAction::Enforce => self.enforce(&frame, obs).map(|n| (n, true)),
+            HoldAction::ReplaceResponse => self.replace_response(&frame, obs).map(|n| (n, true)),
+            HoldAction::RewriteAddresses => self.rewrite_addresses(&frame).map(|n| (n, true)),
+        };
+        let (new, again) = match done {
+            Ok(d) => d,
+            Err(m) => {
+                // Found malformed: the bytes already moved into the VM must not be lost, since
+                // under `passthrough` give_up puts them back in front (found by
+                // tests/tests/hostile.rs: a held frame that spanned callbacks lost its head).
+                self.dir_mut(dir).held = frame;
+                return Err(m);
+            }
         };
         let new = match new {
             Some(f) => f,
