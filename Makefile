@@ -7,7 +7,7 @@ SIDECAR := target/sidecar/wasm-sidecar
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: all setup build wasm sidecar noop-wasm oci envoy-up envoy-down test unit integration e2e manifests lint fmt demo bench clean
+.PHONY: all setup build wasm sidecar noop-wasm oci envoy-up envoy-down fuzz fuzz-smoke test unit integration e2e manifests lint fmt demo bench clean
 
 all: build
 
@@ -50,6 +50,16 @@ envoy-up: wasm
 
 envoy-down:
 	$(ENVOY_COMPOSE) down
+
+## fuzz: libFuzzer (cargo-fuzz, nightly) on every target in fuzz/ for FUZZ_SECONDS in all, split
+## evenly; installs nightly and cargo-fuzz when missing; fails on any crash (fuzz/README.md,
+## docs/robustness.md). fuzz-smoke: build, replay corpus + regressions under ASan, 5 s per target.
+FUZZ_SECONDS ?= 240
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) fuzz/run.sh
+
+fuzz-smoke:
+	fuzz/run.sh --smoke
 
 lint:
 	cargo fmt --all -- --check

@@ -13,6 +13,8 @@ pub mod policy;
 pub mod rewrite;
 pub mod session;
 
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 #[cfg(test)]

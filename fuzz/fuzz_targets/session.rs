@@ -1,0 +1,7 @@
+//! cargo-fuzz target `session`: see kafka_mesh_core::fuzzing::session for the input format and
+//! the properties it checks.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| kafka_mesh_core::fuzzing::session(data));
