@@ -20,7 +20,7 @@
 //! into the frame end, which the session turns into a malformed-frame verdict.
 
 use crate::codec::api;
-use crate::codec::reader::{DecodeError, DecodeResult, Reader};
+use crate::codec::reader::{check_tag, DecodeError, DecodeResult, Reader};
 
 /// What a field means to the collector. `Skip` fields are walked over and not reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -962,22 +962,6 @@ pub enum Step {
     Done,
 }
 
-/// Tags above `i32::MAX` are refused. Kafka reads a tag as an unsigned varint into an `int`,
-/// but kafka-protocol 0.18 keeps unknown tagged fields under an `i32` key and, re-encoding,
-/// writes the count of all of them but only the fields with keys in `0..`
-/// (`protocol/mod.rs`, `write_unknown_tagged_fields(buf, 0.., ..)`): a message the filter
-/// decodes and re-encodes (policy, rewrite) would come out one field short of its count, and
-/// the reader after it out of step (found by `fuzz/`, the rewrite and session targets).
-fn check_tag(tag: u32, field: &'static str) -> DecodeResult<()> {
-    if tag > i32::MAX as u32 {
-        return Err(DecodeError::Invalid {
-            field,
-            reason: "tag above 2^31-1",
-        });
-    }
-    Ok(())
-}
-
 /// The layout kafka-protocol 0.18 reads a known tagged field with.
 #[derive(Debug, Clone, Copy)]
 enum TagLayout {
@@ -1001,7 +985,7 @@ impl TagLayout {
             }
             TagLayout::Fixed(n) => {
                 r.skip(n, "tagged_field.struct")?;
-                tag_section(r)
+                r.skip_tagged_fields("tagged_fields")
             }
             TagLayout::NodeEndpoints => {
                 // Every element is read from the bytes present, one by one: a count far beyond
@@ -1012,27 +996,12 @@ impl TagLayout {
                     r.compact_string("node_endpoints.host")?;
                     r.skip(4, "node_endpoints.port")?;
                     r.compact_nullable_string("node_endpoints.rack")?;
-                    tag_section(r)?;
+                    r.skip_tagged_fields("node_endpoints.tagged_fields")?;
                 }
                 Ok(())
             }
         }
     }
-}
-
-/// A tagged-field section inside a known tagged field (skipped by size, tags bounded).
-fn tag_section(r: &mut Reader<'_>) -> DecodeResult<()> {
-    let n = r.uvarint("tagged_fields")?;
-    for _ in 0..n {
-        let tag = r.uvarint("tagged_field.tag")?;
-        check_tag(tag, "tagged_field.tag")?;
-        let size = r.uvarint("tagged_field.size")?;
-        r.skip(
-            usize::try_from(size).unwrap_or(usize::MAX),
-            "tagged_field.size",
-        )?;
-    }
-    Ok(())
 }
 
 struct KnownTag {
