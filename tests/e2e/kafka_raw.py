@@ -204,7 +204,9 @@ def encode_record(offset_delta, key, value, headers=(), ts_delta=0):
     body = (i8(0) + varint(ts_delta) + varint(offset_delta)
             + (varint(-1) if key is None else varint(len(key)) + key)
             + (varint(-1) if value is None else varint(len(value)) + value)
-            + uvarint(len(headers)))
+            # the header count is a zig-zag varint like every record field (Kafka's
+            # DefaultRecord.writeTo: ByteUtils.writeVarint(headers.length, out))
+            + varint(len(headers)))
     for hk, hv in headers:
         hk = _b(hk)
         body += varint(len(hk)) + hk + (varint(-1) if hv is None else varint(len(hv)) + hv)
@@ -262,7 +264,8 @@ class Batch:
     records: list = field(default_factory=list)
 
 
-def _decode_records(data, base_offset, count):
+def _decode_records(data, base_offset, count, exact=False):
+    """`exact`: no byte may be left after the last record (a misread record shows there)."""
     r = Reader(data)
     out = []
     for _ in range(count):
@@ -275,11 +278,13 @@ def _decode_records(data, base_offset, count):
         vl = r.varint()
         value = None if vl < 0 else r.take(vl)
         headers = []
-        for _ in range(r.uvarint()):
+        for _ in range(r.varint()):  # zig-zag, as encode_record says
             hk = r.take(r.varint())
             hl = r.varint()
             headers.append((hk, None if hl < 0 else r.take(hl)))
         out.append(Record(off, key, value, headers))
+    if exact and not r.at_end():
+        raise ValueError(f"bytes after the {count} records of the batch at {base_offset}")
     return out
 
 
