@@ -31,6 +31,16 @@ def wait_port(port, timeout=30):
     raise RuntimeError(f"nothing listening on {port}")
 
 
+def wait_for(cond, what, timeout=20):
+    """Poll `cond` every 50 ms until it holds; fail naming `what` after `timeout` seconds."""
+    end = time.time() + timeout
+    while time.time() < end:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 class Sidecar:
     def __init__(self, tmp, upstream, chunk=0, workers=1, config="{}", port=None, log_level="warn",
                  properties=None, buffer_limit=None, extra_args=()):

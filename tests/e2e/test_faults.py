@@ -57,7 +57,7 @@ import pytest
 from confluent_kafka import Producer
 
 import kafka_raw as kr
-from conftest import TANSU, Sidecar, free_port, wait_port
+from conftest import TANSU, Sidecar, free_port, wait_for, wait_port
 from fault_proxy import REQUEST, RESPONSE, FaultProxy
 from test_e2e import create_topics
 from test_host_memory import rss_kib
@@ -273,15 +273,6 @@ def check_delivery(runs, got, exactly_once=True, ordered=True):
             assert seq == sorted(seq), f"{tag} on partition {partition}: out of production order"
     return {"present": len(counts), "duplicates": sum(n - 1 for n in dups.values()),
             "unacked_present": sum(1 for (tag, i) in counts if i not in by_tag[tag].acked)}
-
-
-def wait_for(cond, what, timeout=20):
-    end = time.time() + timeout
-    while time.time() < end:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def open_fds(pid):

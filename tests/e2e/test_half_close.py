@@ -17,7 +17,7 @@ import struct
 import time
 
 import kafka_raw as kr
-from conftest import Sidecar
+from conftest import Sidecar, wait_for
 from fake_broker import FakeBroker, api_versions_v0_response, correlation_id, read_frame
 
 
@@ -58,19 +58,10 @@ class Answered:
         return r
 
 
-def wait_for(cond, what, timeout=15):
-    end = time.time() + timeout
-    while time.time() < end:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def wait_closed(sidecar):
     wait_for(lambda: sidecar.metric("kafka_mesh_connections_active") == 0
              and sidecar.metric("kafka_mesh_connections_total") >= 1,
-             "kafka_mesh_connections_active back to 0")
+             "kafka_mesh_connections_active back to 0", timeout=15)
 
 
 def test_requests_sent_before_the_clients_fin_get_complete_answers_from_tansu(stack_factory):
